@@ -1,0 +1,53 @@
+# perceus: `make` sets everything up on a fresh Debian 12 machine (run as root);
+# `make test`, `make demo` and `make bench` set up first, then run.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := setup
+
+# Debian's interpreter: the same one stage one is frozen from (see DESIGN.md).
+SYSTEM_PYTHON := /usr/bin/python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.perceus-installed
+NATIVE_SOURCES := $(wildcard native/*.pyx native/*.pxd native/*_build.py native/csrc/*)
+
+# System packages the build, the tests and the demo need.
+APT_PACKAGES := python3 python3-venv python3-dev gcc make libc6-dev \
+	openssh-client sqlite3 zstd cpio
+
+.PHONY: setup apt test demo bench lint clean
+
+setup: $(STAMP)
+
+apt:
+	@missing=""; \
+	for p in $(APT_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "make: installing$$missing"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+$(STAMP): setup.py pyproject.toml $(NATIVE_SOURCES) | apt
+	test -x $(PY) || $(SYSTEM_PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "setuptools>=68" wheel "Cython>=3.0" "cffi>=1.16"
+	$(PY) -m pip install -q --no-build-isolation -e '.[test]'
+	touch $@
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q tests
+
+demo: $(STAMP)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash tests/demo.sh
+
+bench: $(STAMP)
+	$(PY) -m pytest -q bench --benchmark-columns=min,median,max --benchmark-sort=name
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) build *.egg-info native/*.c native/*.so .pytest_cache .benchmarks

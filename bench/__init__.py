@@ -1,0 +1,1 @@
+"""Benchmarks (pytest-benchmark) and the node simulator ``perceus-sim``."""

@@ -1,0 +1,1 @@
+"""The self-describing zstd container behind ``.vnfs`` capsules and ``.pmod`` modules."""

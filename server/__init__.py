@@ -1,0 +1,1 @@
+"""The master side: database, configuration, the ``perceus`` command and perceusd."""

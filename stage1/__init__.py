@@ -1,0 +1,1 @@
+"""The node side: wire protocol, stage-one client, provisiond and the simulated node."""
