@@ -1,0 +1,92 @@
+"""``perceus``: the administrator's command, in the original's words.
+
+Every failure ends as one line ``perceus: error: <what> (<where>)`` and exit status
+2 for usage mistakes or 1 otherwise; click's own messages are folded into that form.
+"""
+
+import os
+import sys
+import traceback
+
+import click
+from perceus.server.cli.app import App
+from perceus.server.errors import PerceusError
+
+VERSION = "0.1.0"
+
+
+class OrderedGroup(click.Group):
+    """Lists subcommands in the order they were added (the guide's order), not alphabetically."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
+
+
+@click.group(cls=OrderedGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-i", "--nodeid", "by_nodeid", is_flag=True, help="Node arguments are MAC addresses (NodeIDs).")
+@click.option("-y", "--yes", "assume_yes", is_flag=True, help="Answer yes to every confirmation.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the data: no headers or chatter.")
+@click.option("-v", "--verbose", count=True, help="Say more; twice shows tracebacks of internal errors.")
+@click.version_option(VERSION, prog_name="perceus")
+@click.pass_context
+def cli(ctx: click.Context, by_nodeid: bool, assume_yes: bool, quiet: bool, verbose: int) -> None:
+    """Provision and manage the nodes of a cluster."""
+    ctx.obj = App(by_nodeid=by_nodeid, assume_yes=assume_yes, quiet=quiet, verbose=verbose)
+
+
+def _register() -> None:
+    from perceus.server.cli import completion, group, info, init, node
+
+    cli.add_command(node.node)
+    cli.add_command(group.group)
+    cli.add_command(info.info)
+    cli.add_command(init.init)
+    cli.add_command(completion.completion)
+
+
+_register()
+
+
+def _fail(message: str, where: str, status: int) -> int:
+    text = " ".join(message.split())
+    click.echo(f"perceus: error: {text} ({where})" if where else f"perceus: error: {text}", err=True)
+    return status
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the command and return its exit status instead of exiting (tests call this)."""
+    verbose = 0
+    try:
+        with cli.make_context("perceus", list(sys.argv[1:] if argv is None else argv)) as ctx:
+            verbose = ctx.params.get("verbose", 0)
+            cli.invoke(ctx)
+        return 0
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help() if exc.ctx else "", err=True)
+        return 2
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.UsageError as exc:
+        return _fail(exc.format_message(), exc.ctx.command_path if exc.ctx else "perceus", 2)
+    except click.ClickException as exc:
+        return _fail(exc.format_message(), "", exc.exit_code)
+    except click.Abort:
+        return _fail("aborted, nothing changed", "", 1)
+    except PerceusError as exc:
+        return _fail(exc.what, exc.where, exc.status)
+    except BrokenPipeError:
+        sys.stderr.close()  # the reader went away (| head): nothing left to say
+        return 1
+    except KeyboardInterrupt:
+        return _fail("interrupted", "", 130)
+    except Exception as exc:  # noqa: BLE001 - the promise is one line, never a traceback
+        if verbose >= 2:
+            traceback.print_exc()
+        return _fail(f"internal error: {type(exc).__name__}: {exc}", "run with -vv for details", 1)
+
+
+def main() -> None:
+    """Console entry point: shell completion first, then the command."""
+    if "_PERCEUS_COMPLETE" in os.environ:
+        cli.main(prog_name="perceus")
+    sys.exit(run())

@@ -1,0 +1,44 @@
+"""Bash completion: click's machinery, plus node, group and field names from the database."""
+
+import click
+from click.shell_completion import CompletionItem, get_completion_class
+from perceus.server.cli.app import App
+
+
+def _app(ctx: click.Context) -> App | None:
+    root = ctx.find_root()
+    return root.obj if isinstance(root.obj, App) else None
+
+
+def complete_nodes(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    """Node names (MACs with -i) known to the database; nothing if it cannot be read."""
+    app = _app(ctx)
+    if app is None:
+        return []
+    try:
+        nodes = app.db.nodes()
+    except Exception:  # noqa: BLE001 - completion must never spill errors into the shell
+        return []
+    keys = sorted({n.nodeid if app.by_nodeid else n.hostname for n in nodes})
+    return [CompletionItem(key) for key in keys if key.startswith(incomplete)]
+
+
+def complete_groups(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
+    app = _app(ctx)
+    if app is None:
+        return []
+    try:
+        groups = app.db.groups()
+    except Exception:  # noqa: BLE001
+        return []
+    return [CompletionItem(g.name) for g in groups if g.name.startswith(incomplete)]
+
+
+@click.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]), default="bash")
+def completion(shell: str) -> None:
+    """Print the shell completion script: eval "$(perceus completion bash)"."""
+    from perceus.server.cli import cli
+
+    cls = get_completion_class(shell)
+    click.echo(cls(cli, {}, "perceus", "_PERCEUS_COMPLETE").source())
