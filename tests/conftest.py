@@ -65,8 +65,7 @@ class Instance:
             return ()
         with sqlite3.connect(self.database) as conn:
             return tuple(
-                tuple(conn.execute(f"SELECT * FROM {table} ORDER BY 1"))
-                for table in ("nodes", "groups")
+                tuple(conn.execute(f"SELECT * FROM {table} ORDER BY 1")) for table in ("nodes", "groups")
             )
 
     def sql(self, statement: str, *params) -> list:
@@ -111,7 +110,9 @@ def bare(tmp_path: Path) -> Instance:
 def initialised_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One ``perceus init`` per session (key generation is slow); tests get copies of it."""
     root = tmp_path_factory.mktemp("template")
-    Instance(root, _environment(root)).ok("-y", "init", "--master-device", "lo", "--transfer-master", "127.0.0.1")
+    Instance(root, _environment(root)).ok(
+        "-y", "init", "--master-device", "lo", "--transfer-master", "127.0.0.1"
+    )
     return root
 
 

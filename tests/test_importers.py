@@ -1,7 +1,6 @@
 """Reading node lists from dhcpd.conf, /etc/ethers, CSV and plain MAC lists."""
 
 import pytest
-
 from perceus.server.errors import PerceusError
 from perceus.server.importers import read_csv, read_dhcpd, read_ethers, read_macs
 from perceus.server.macaddr import parse_mac
@@ -53,7 +52,10 @@ def test_dhcpd_errors_name_the_line(text: str, where: str, what: str) -> None:
 
 def test_ethers() -> None:
     entries = read_ethers("8:0:20:1:2:3  n0007\n# c\n\n00-11-22-33-44-55 10.0.0.9\n", "ethers")
-    assert [(e.mac, e.hostname) for e in entries] == [("08:00:20:01:02:03", "n0007"), ("00:11:22:33:44:55", None)]
+    assert [(e.mac, e.hostname) for e in entries] == [
+        ("08:00:20:01:02:03", "n0007"),
+        ("00:11:22:33:44:55", None),
+    ]
     with pytest.raises(PerceusError) as caught:
         read_ethers("00:11:22:33:44:55\n", "ethers")
     assert caught.value.where == "ethers:1"

@@ -90,30 +90,31 @@ def _link(link: Path, target: Path) -> None:
 def init(app: App, master_device, transfer_master, node_name, group_name, first_node, force) -> None:
     """First-time set-up: configuration, database, SSH keys. Prompts unless given flags or -y."""
     paths = app.paths
-    paths.sysconfdir.mkdir(parents=True, exist_ok=True)
-    for sub in STATE_DIRS:
-        paths.statedir.joinpath(sub).mkdir(parents=True, exist_ok=True)
-
+    files = []  # (path, text): asked for and checked before anything is written
     if force or not paths.perceus_conf.exists():
         devices = [d for d in netinfo.interfaces() if d != "lo"] or ["eth1"]
         device = _ask(app, master_device, "Network device facing the nodes", devices[0])
         master = _ask(
             app, transfer_master, "Address of the VNFS transfer master", netinfo.ipv4_address(device) or ""
         )
-        text = render(PERCEUS_KEYS, {"master network device": device, "vnfs transfer master": master})
-        parse(text, paths.perceus_conf, PERCEUS_KEYS, app.warn)  # what we write must read back
-        atomic_write(paths.perceus_conf, text)
-        app.info(f"Wrote {paths.perceus_conf}")
+        values = {"master network device": device, "vnfs transfer master": master}
+        files.append((paths.perceus_conf, PERCEUS_KEYS, render(PERCEUS_KEYS, values)))
     if force or not paths.defaults_conf.exists():
         values = {
             "Node Name": _ask(app, node_name, "Name of new nodes ('#' = digit)", "n####"),
             "Group Name": _ask(app, group_name, "Group of new nodes", "cluster"),
             "First Node": _ask(app, first_node, "Number of the first node", "0"),
         }
-        text = render(DEFAULTS_KEYS, values)
-        parse(text, paths.defaults_conf, DEFAULTS_KEYS, app.warn)
-        atomic_write(paths.defaults_conf, text)
-        app.info(f"Wrote {paths.defaults_conf}")
+        files.append((paths.defaults_conf, DEFAULTS_KEYS, render(DEFAULTS_KEYS, values)))
+    for path, keys, text in files:
+        parse(text, path, keys, app.warn)  # what we write must read back: a bad answer stops here
+
+    paths.sysconfdir.mkdir(parents=True, exist_ok=True)
+    for sub in STATE_DIRS:
+        paths.statedir.joinpath(sub).mkdir(parents=True, exist_ok=True)
+    for path, _, text in files:
+        atomic_write(path, text)
+        app.info(f"Wrote {path}")
 
     settings = Settings.load(paths, warn=app.warn)
     db = open_database(settings)
