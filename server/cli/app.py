@@ -30,7 +30,9 @@ class App:
 
     @cached_property
     def db(self) -> Database:
-        return open_database(self.settings)
+        database = open_database(self.settings)
+        self.debug(f"node database {database.path} (schema {database.schema_version})")
+        return database
 
     # -- output -------------------------------------------------------------------------
 

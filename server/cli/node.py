@@ -21,7 +21,9 @@ SOME_NODES = click.argument("nodes", nargs=-1, required=True, shell_complete=com
 
 
 def selected(app: App, patterns: tuple[str, ...], where: str) -> list[Node]:
-    return select_nodes(app.db.nodes(), patterns, app.by_nodeid, where, app.warn)
+    chosen = select_nodes(app.db.nodes(), patterns, app.by_nodeid, where, app.warn)
+    app.debug(f"{' '.join(patterns) or 'all nodes'}: {len(chosen)} nodes")
+    return chosen
 
 
 def warn_unknown_vnfs(app: App, vnfs: str) -> None:
