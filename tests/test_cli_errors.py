@@ -18,7 +18,7 @@ CASES = [
     # (arguments, stdin, status, text in the error line)
     (("frobnicate",), None, USAGE, "No such command 'frobnicate'. (perceus)"),
     (("node", "frobnicate"), None, USAGE, "(perceus node)"),
-    (("--bogus", "node", "list"), None, USAGE, "No such option: --bogus"),
+    (("--bogus", "node", "list"), None, USAGE, "No such option '--bogus'"),
     (("node", "add"), None, USAGE, "Missing argument 'MAC'. (perceus node add)"),
     (("node", "add", "00:11:22:33:44"), None, USAGE, "not a MAC address: '00:11:22:33:44' (node add)"),
     (("node", "add", "02:00:00:00:00:01"), None, FAILURE, "already exists as node 'n0001' (node add)"),
@@ -35,7 +35,8 @@ CASES = [
     (("-y", "node", "replace", "n0000", "gone"), None, FAILURE, "no nodes match gone"),
     (("node", "set", "colour", "red", "n0000"), None, USAGE, "Invalid value for 'FIELD'"),
     (("node", "set", "enabled", "yes", "n0000"), None, USAGE, "enabled takes a whole number"),
-    (("node", "set", "hostname", "-x", "n0000"), None, USAGE, "hostname takes"),
+    (("node", "set", "hostname", "bad!name", "n0000"), None, USAGE, "hostname takes"),
+    (("node", "set", "hostname", "-x", "n0000"), None, USAGE, "No such option '-x'"),
     (("node", "set", "desc", "two\nlines", "n0000"), None, USAGE, "desc takes one line"),
     (("node", "set", "ipaddr", "10.0.0.300", "n0000"), None, USAGE, "ipaddr takes"),
     (("node", "set", "desc", "x"), None, USAGE, "Missing argument 'NODES...'"),
@@ -47,7 +48,7 @@ CASES = [
     (("node", "import", "--csv", "/dev/null", "--ethers", "/dev/null"), None, USAGE, "give one of"),
     (("node", "import"), "00:11:22:33:44:55\nxx\n", FAILURE, "not a MAC address: 'xx' (<stdin>:2)"),
     (("group", "set", "hostname", "x", "io"), None, USAGE, "Invalid value for 'FIELD'"),
-    (("group", "set", "debug", "-1", "io"), None, USAGE, "debug takes a whole number"),
+    (("group", "set", "debug", "1.5", "io"), None, USAGE, "debug takes a whole number"),
     (("-y", "group", "delete", "nosuch"), None, FAILURE, "no groups match nosuch (group delete)"),
     (("group", "delete"), None, USAGE, "Missing argument 'GROUPS...'"),
     (("group", "list", "x[1-"), None, USAGE, "unbalanced"),
@@ -57,8 +58,8 @@ CASES = [
     (("group", "summary", "nosuch"), None, FAILURE, "no groups match nosuch"),
     (("info", "config", "no such key"), None, FAILURE, "no configuration key 'no such key' (info config)"),
     (("info", "frobnicate"), None, USAGE, "No such command"),
-    (("init", "--first-node", "minus one"), None, FAILURE, "First Node: expected a whole number"),
-    (("completion", "tcsh"), None, USAGE, "Invalid value for '[SHELL]'"),
+    (("-y", "init", "--force", "--first-node", "minus one"), None, FAILURE, "First Node: expected a whole"),
+    (("completion", "tcsh"), None, USAGE, "'tcsh' is not one of 'bash', 'zsh', 'fish'"),
 ]
 
 

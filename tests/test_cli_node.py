@@ -11,7 +11,7 @@ def test_add_list_and_name_allocation(perceus: Instance) -> None:
     assert perceus.ok("node", "add", "00:11:22:33:44:55").out == "Node 'n0000' has been added to Perceus\n"
     perceus.ok("node", "add", "aa-bb-cc-dd-ee-01", "login1")
     perceus.ok("node", "add", "aabbccddee02")
-    assert perceus.ok("node", "list").lines == ["n0000", "n0001", "login1"]
+    assert perceus.ok("node", "list").lines == ["login1", "n0000", "n0001"]
     assert perceus.sql("SELECT nodeid FROM nodes WHERE hostname = 'n0001'") == [("AA:BB:CC:DD:EE:02",)]
     assert perceus.ok("-q", "node", "add", "00:00:00:00:00:09").out == ""
 

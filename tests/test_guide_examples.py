@@ -13,7 +13,7 @@ def test_set_vnfs_on_ranges_and_globs(perceus: Instance) -> None:
     perceus.ok("node", "add", "02:00:00:01:00:01", "io1")
     perceus.ok("node", "add", "02:00:00:01:00:02", "io2")
     result = perceus.ok("node", "set", "vnfs", "centos-9-1.stateless.x86_64", "n00[00-05,06,20-40]", "io*")
-    assert "'29' nodes set vnfs='centos-9-1.stateless.x86_64'" in result.out
+    assert "'30' nodes set vnfs='centos-9-1.stateless.x86_64'" in result.out
     with_vnfs = {h for h, v in perceus.sql("SELECT hostname, vnfs FROM nodes") if v}
     expected = {f"n{i:04d}" for i in list(range(0, 7)) + list(range(20, 41))} | {"io1", "io2"}
     assert with_vnfs == expected

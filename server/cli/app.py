@@ -64,8 +64,9 @@ class App:
         while True:
             click.echo("Please Confirm [yes/no]> ", nl=False, err=True)
             answer = sys.stdin.readline()
+            if not sys.stdin.isatty():
+                click.echo("", err=True)  # nobody typed a newline after the prompt
             if not answer:
-                click.echo("", err=True)
                 break
             answer = answer.strip().lower()
             if answer in ("yes", "y"):

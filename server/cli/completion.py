@@ -5,16 +5,17 @@ from click.shell_completion import CompletionItem, get_completion_class
 from perceus.server.cli.app import App
 
 
-def _app(ctx: click.Context) -> App | None:
+def _app(ctx: click.Context) -> App:
+    """Completion parses without running callbacks, so build the App from the root's options."""
     root = ctx.find_root()
-    return root.obj if isinstance(root.obj, App) else None
+    if isinstance(root.obj, App):
+        return root.obj
+    return App(by_nodeid=bool(root.params.get("by_nodeid")), quiet=True)
 
 
 def complete_nodes(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
     """Node names (MACs with -i) known to the database; nothing if it cannot be read."""
     app = _app(ctx)
-    if app is None:
-        return []
     try:
         nodes = app.db.nodes()
     except Exception:  # noqa: BLE001 - completion must never spill errors into the shell
@@ -25,8 +26,6 @@ def complete_nodes(ctx: click.Context, param: click.Parameter, incomplete: str) 
 
 def complete_groups(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
     app = _app(ctx)
-    if app is None:
-        return []
     try:
         groups = app.db.groups()
     except Exception:  # noqa: BLE001
