@@ -14,6 +14,7 @@ import time
 
 import pytest
 from ClusterShell.NodeSet import NodeSet
+
 from perceus.native.nodeset import expand, fold
 
 EXPR_1M = "n[0000000-0999999]"

@@ -1,6 +1,7 @@
 """Every command's bad input: one line 'perceus: error: ...', exit 2 or 1, nothing changed."""
 
 import pytest
+
 from conftest import Instance
 from test_guide_examples import macs
 

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+
 from perceus.server.config import DEFAULTS_KEYS, PERCEUS_KEYS, Settings, load, parse, render
 from perceus.server.errors import PerceusError
 from perceus.server.paths import Paths

@@ -4,6 +4,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+
 from perceus.server.config import Settings
 from perceus.server.db import Node, open_database
 from perceus.server.db.sqlite import SCHEMA_VERSION, SQLiteDatabase

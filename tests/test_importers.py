@@ -1,6 +1,7 @@
 """Reading node lists from dhcpd.conf, /etc/ethers, CSV and plain MAC lists."""
 
 import pytest
+
 from perceus.server.errors import PerceusError
 from perceus.server.importers import read_csv, read_dhcpd, read_ethers, read_macs
 from perceus.server.macaddr import parse_mac

@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
 from perceus.native import sysio
 
 KiB = 1 << 10

@@ -10,6 +10,7 @@ import re
 
 import pytest
 from ClusterShell.NodeSet import NodeSet
+
 from perceus.native import nodeset
 from perceus.native.nodeset import MAX_NAMES, NodeSetError, count, expand, fold, fold_list, is_glob
 

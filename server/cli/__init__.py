@@ -9,6 +9,7 @@ import sys
 import traceback
 
 import click
+
 from perceus.server.cli.app import App
 from perceus.server.errors import PerceusError
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 import click
+
 from perceus.server.config import Settings
 from perceus.server.db import Database, Node, open_database
 from perceus.server.errors import PerceusError

@@ -2,6 +2,7 @@
 
 import click
 from click.shell_completion import CompletionItem, get_completion_class
+
 from perceus.server.cli.app import App
 
 

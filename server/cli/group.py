@@ -1,6 +1,7 @@
 """``perceus group``: the same operations on whole groups of nodes."""
 
 import click
+
 from perceus.server.cli import listing
 from perceus.server.cli.app import App, pass_app
 from perceus.server.cli.completion import complete_groups

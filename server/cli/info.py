@@ -3,6 +3,7 @@
 import platform
 
 import click
+
 from perceus.server import netinfo
 from perceus.server.cli.app import App, pass_app
 from perceus.server.config import DEFAULTS_KEYS, PERCEUS_KEYS

@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import click
+
 from perceus.server import netinfo
 from perceus.server.cli.app import App, pass_app
 from perceus.server.config import DEFAULTS_KEYS, PERCEUS_KEYS, Settings, parse, render

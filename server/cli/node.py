@@ -3,6 +3,7 @@
 import sys
 
 import click
+
 from perceus.server import importers
 from perceus.server.cli import listing
 from perceus.server.cli.app import App, pass_app
