@@ -6,39 +6,39 @@ GIL around every call, so the transfer loops run while other threads (and the as
 loop's executor) keep going. ``perceus.native.sysio`` is the typed Python face of this.
 """
 
+import re
+from pathlib import Path
+
 from cffi import FFI
 
-CDEF = """
-#define KEXEC_FILE_UNLOAD ...
-#define KEXEC_FILE_ON_CRASH ...
-#define KEXEC_FILE_NO_INITRAMFS ...
+HEADER = Path("native/csrc/syscalls.h")
 
-#define MODULE_INIT_IGNORE_MODVERSIONS ...
-#define MODULE_INIT_IGNORE_VERMAGIC ...
-#define MODULE_INIT_COMPRESSED_FILE ...
+# Constants cffi reads from the kernel headers at build time.
+CONSTANTS = (
+    "KEXEC_FILE_UNLOAD",
+    "KEXEC_FILE_ON_CRASH",
+    "KEXEC_FILE_NO_INITRAMFS",
+    "MODULE_INIT_IGNORE_MODVERSIONS",
+    "MODULE_INIT_IGNORE_VERMAGIC",
+    "MODULE_INIT_COMPRESSED_FILE",
+    "LINUX_REBOOT_MAGIC1",
+    "LINUX_REBOOT_MAGIC2",
+    "LINUX_REBOOT_CMD_KEXEC",
+    "LINUX_REBOOT_CMD_RESTART",
+    "LINUX_REBOOT_CMD_POWER_OFF",
+    "PERCEUS_VIA_COPY_FILE_RANGE",
+    "PERCEUS_VIA_SENDFILE",
+)
 
-#define LINUX_REBOOT_MAGIC1 ...
-#define LINUX_REBOOT_MAGIC2 ...
-#define LINUX_REBOOT_CMD_KEXEC ...
-#define LINUX_REBOOT_CMD_RESTART ...
-#define LINUX_REBOOT_CMD_POWER_OFF ...
 
-#define PERCEUS_VIA_COPY_FILE_RANGE ...
-#define PERCEUS_VIA_SENDFILE ...
+def declarations() -> str:
+    """The header's declarations between its cdef markers, so they are written once."""
+    text = HEADER.read_text().split("cdef:begin", 1)[1].split("/* cdef:end */", 1)[0]
+    text = text.split("*/", 1)[1]  # the rest of the marker comment
+    return re.sub(r"/\*.*?\*/", "", text, flags=re.S)
 
-struct perceus_xfer {
-    int64_t done;
-    int err;
-    int via;
-    int call;
-};
 
-struct perceus_xfer perceus_sendfile_all(int out_fd, int in_fd, int64_t offset, int64_t count);
-struct perceus_xfer perceus_copy_range(int in_fd, int out_fd, int64_t in_offset, int64_t count);
-int perceus_finit_module(int fd, const char *params, int flags);
-int perceus_kexec_file_load(int kernel_fd, int initrd_fd, const char *cmdline, unsigned long flags);
-int perceus_reboot(unsigned int magic1, unsigned int magic2, unsigned int cmd);
-"""
+CDEF = "".join(f"#define {name} ...\n" for name in CONSTANTS) + declarations()
 
 ffibuilder = FFI()
 ffibuilder.cdef(CDEF)

@@ -16,6 +16,8 @@
 #define PERCEUS_VIA_COPY_FILE_RANGE 1
 #define PERCEUS_VIA_SENDFILE 2
 
+/* cdef:begin -- native/syscalls_build.py hands what follows to cffi, comments removed. */
+
 /* The outcome of a transfer loop.
  *   err == 0:       done == count, or the source hit EOF after done bytes.
  *   err == EINTR:   a signal arrived; done bytes moved; call again from the advanced offset
@@ -35,5 +37,7 @@ struct perceus_xfer perceus_copy_range(int in_fd, int out_fd, int64_t in_offset,
 int perceus_finit_module(int fd, const char *params, int flags);
 int perceus_kexec_file_load(int kernel_fd, int initrd_fd, const char *cmdline, unsigned long flags);
 int perceus_reboot(unsigned int magic1, unsigned int magic2, unsigned int cmd);
+
+/* cdef:end */
 
 #endif

@@ -36,10 +36,7 @@ def delete(app: App, groups: tuple[str, ...]) -> None:
     """Delete every node of the groups."""
     where = "group delete"
     nodes = members(app, chosen_groups(app, groups, where))
-    app.confirm(f"Are you sure you wish to delete {len(nodes)} nodes from Perceus?", nodes, where)
-    with app.db.transaction():
-        count = app.db.delete_nodes(n.nodeid for n in nodes)
-    app.info(f"'{count}' nodes have been deleted")
+    listing.delete_confirmed(app, nodes, where)
 
 
 @group.command("list")

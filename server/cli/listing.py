@@ -1,4 +1,4 @@
-"""The node listings ``node`` and ``group`` share: status, summary, show."""
+"""What ``node`` and ``group`` commands share: the status, summary and show listings, deletion."""
 
 import time
 
@@ -35,3 +35,11 @@ def print_show(app: App, nodes: list[Node], as_json: bool) -> None:
         return
     for node in nodes:
         print("\n".join(output.show_lines(node)))
+
+
+def delete_confirmed(app: App, nodes: list[Node], where: str) -> None:
+    """List the nodes, ask (unless -y), then delete them in one transaction."""
+    app.confirm(f"Are you sure you wish to delete {len(nodes)} nodes from Perceus?", nodes, where)
+    with app.db.transaction():
+        count = app.db.delete_nodes(n.nodeid for n in nodes)
+    app.info(f"'{count}' nodes have been deleted")

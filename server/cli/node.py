@@ -105,10 +105,7 @@ def delete(app: App, nodes: tuple[str, ...]) -> None:
     """Delete nodes from the database."""
     where = "node delete"
     chosen = selected(app, nodes, where)
-    app.confirm(f"Are you sure you wish to delete {len(chosen)} nodes from Perceus?", chosen, where)
-    with app.db.transaction():
-        count = app.db.delete_nodes(n.nodeid for n in chosen)
-    app.info(f"'{count}' nodes have been deleted")
+    listing.delete_confirmed(app, chosen, where)
 
 
 @node.command("list")
