@@ -13,11 +13,18 @@ NATIVE_SOURCES := $(wildcard native/*.pyx native/*.pxd native/*_build.py native/
 
 # System packages the build, the tests and the demo need.
 APT_PACKAGES := python3 python3-venv python3-dev gcc make libc6-dev \
-	openssh-client sqlite3 zstd cpio
+	openssh-client openssh-server rsync sqlite3 zstd cpio pigz bzip2 iproute2 \
+	qemu-system-x86 busybox-static
 
-.PHONY: setup apt test demo bench lint clean
+# Debian's kernel for QEMU tests, unpacked here rather than installed on the master.
+KERNEL_DIR := .cache/debian-kernel
+KERNEL_STAMP := $(KERNEL_DIR)/.unpacked
 
-setup: $(STAMP)
+.PHONY: setup apt kernel test demo bench lint clean
+
+setup: $(STAMP) $(KERNEL_STAMP)
+
+kernel: $(KERNEL_STAMP)
 
 apt:
 	@missing=""; \
@@ -29,6 +36,14 @@ apt:
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 
+$(KERNEL_STAMP): | apt
+	rm -rf $(KERNEL_DIR) && mkdir -p $(KERNEL_DIR)
+	cd $(KERNEL_DIR) && pkg=$$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/ {print $$2; exit}') \
+		&& (apt-get download $$pkg 2>/dev/null || (apt-get update -q && apt-get download $$pkg)) \
+		&& dpkg-deb -x $$pkg*.deb root && rm -f $$pkg*.deb
+	ln -sfn $$(cd $(KERNEL_DIR)/root/boot && ls vmlinuz-* | head -1) $(KERNEL_DIR)/root/boot/vmlinuz
+	touch $@
+
 $(STAMP): setup.py pyproject.toml $(NATIVE_SOURCES) | apt
 	test -x $(PY) || $(SYSTEM_PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -36,18 +51,18 @@ $(STAMP): setup.py pyproject.toml $(NATIVE_SOURCES) | apt
 	$(PY) -m pip install -q --no-build-isolation -e '.[test]'
 	touch $@
 
-test: $(STAMP)
+test: $(STAMP) $(KERNEL_STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q tests
 
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash tests/demo.sh
 
-bench: $(STAMP)
+bench: $(STAMP) $(KERNEL_STAMP)
 	$(PY) -m pytest -q bench --benchmark-columns=min,median,max --benchmark-sort=name
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) build *.egg-info native/*.c native/*.so .pytest_cache .benchmarks
+	rm -rf $(VENV) .cache build *.egg-info native/*.c native/*.so .pytest_cache .benchmarks
