@@ -1,0 +1,364 @@
+"""``perceus vnfs configure``: the root password, console and master address of a VNFS.
+
+What the original's per-capsule ``configure`` script asked at import, as functions the
+CLI calls with prompted or flag values. Two files are touched: the tree's ``etc/shadow``
+and the VNFS ``config`` file, the shell-style ``KEY="value"`` file the guide calls
+self-documenting (4.3.5). ``KEY = "value"`` (spaces around ``=``, as the capsule writer
+puts them) is read too and kept in that style on rewrite. Every rewrite goes beside the
+file and is renamed into place, keeping the file's mode and owner, so an interrupted
+configure leaves the old file.
+
+Passwords are hashed with ``openssl passwd -6`` (SHA-512 crypt, what Debian and RHEL
+nodes read), the password fed on stdin so it never shows in a process listing. Python's
+``crypt`` module is deprecated and gone in 3.13; openssl is on every master already.
+"""
+
+import ipaddress
+import os
+import re
+import stat
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from perceus.server.errors import PerceusError, UsageError
+
+MAX_FILE_BYTES = 1 << 20
+MAX_LINE = 1 << 16
+MAX_PASSWORD = 1024
+SERIAL_DEFAULT_SPEED = "115200"  # what the original configure added to a bare ttyS console
+
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_ASSIGNMENT = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)([ \t]*=[ \t]*)")
+_BARE_FORBIDDEN = frozenset(";&|<>()`$")
+_DQ_ESCAPES = frozenset('$`"\\')
+_CONSOLE = re.compile(r"[A-Za-z][A-Za-z0-9_./-]{0,31}(,[A-Za-z0-9]{1,16})?")
+_HASH = re.compile(r"\$[0-9a-z]{1,4}\$[./0-9A-Za-z$=,+-]{1,512}")
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*")
+
+
+# --- files kept whole: written beside, renamed into place, mode and owner preserved ---
+
+
+def _replace(path: Path, data: bytes, like: os.stat_result | None, default_mode: int = 0o644) -> None:
+    """Atomically replace ``path``; the new file gets the mode and owner of ``like``.
+
+    The temporary file is created 0600 and given its final mode and owner before any
+    data is written, so a shadow file is never readable by others, not even briefly.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            if like is not None and os.geteuid() == 0:
+                os.fchown(handle.fileno(), like.st_uid, like.st_gid)
+            os.fchmod(handle.fileno(), (like.st_mode & 0o7777) if like is not None else default_mode)
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    dirfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dirfd)
+    finally:
+        os.close(dirfd)
+
+
+def _read_text(path: Path, what: str) -> tuple[str, os.stat_result]:
+    """A regular file's text (never through a symlink), bounded in size."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError as exc:
+        raise PerceusError(f"{what} not found", str(path)) from exc
+    except OSError as exc:
+        raise PerceusError(f"cannot read {what}: {exc.strerror}", str(path)) from exc
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise PerceusError(f"{what} is not a regular file", str(path))
+        data = handle.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise PerceusError(f"{what} is larger than {MAX_FILE_BYTES} bytes", str(path))
+    try:
+        return data.decode(), info
+    except UnicodeDecodeError as exc:
+        raise PerceusError(f"{what} is not UTF-8 text", str(path)) from exc
+
+
+# --- the VNFS config file: KEY="value" lines, comments kept ---
+
+
+@dataclass
+class _Line:
+    """One line of a config file: an assignment (key, value, trailing comment) or kept text."""
+
+    text: str
+    key: str | None = None
+    value: str = ""
+    comment: str = ""
+    equals: str = "="
+
+
+def _scan_value(line: str, start: int, where: str) -> tuple[str, int]:
+    """The value of ``KEY=...`` from ``start`` up to unquoted whitespace, as the shell reads it.
+
+    Double-quoted, single-quoted and bare pieces may follow each other; backslash escapes
+    work as in the shell. Expansions (``$``, backquote) are refused: this file is data.
+    """
+    out: list[str] = []
+    i = start
+    while i < len(line) and not line[i].isspace():
+        ch = line[i]
+        if ch == "'":
+            end = line.find("'", i + 1)
+            if end < 0:
+                raise PerceusError("unterminated single quote", where)
+            out.append(line[i + 1 : end])
+            i = end + 1
+        elif ch == '"':
+            i += 1
+            while True:
+                if i >= len(line):
+                    raise PerceusError("unterminated double quote", where)
+                ch = line[i]
+                if ch == '"':
+                    i += 1
+                    break
+                if ch == "\\" and i + 1 < len(line) and line[i + 1] in _DQ_ESCAPES:
+                    out.append(line[i + 1])
+                    i += 2
+                    continue
+                if ch in "$`":
+                    raise PerceusError(f"shell expansion ({ch}) is not supported in values", where)
+                out.append(ch)
+                i += 1
+        elif ch == "\\":
+            if i + 1 >= len(line):
+                raise PerceusError("line continuation is not supported", where)
+            out.append(line[i + 1])
+            i += 2
+        elif ch in _BARE_FORBIDDEN:
+            raise PerceusError(f"unquoted {ch!r} in value (quote the value)", where)
+        elif ch == "~" and i == start:
+            raise PerceusError("unquoted '~' would be expanded by the shell (quote the value)", where)
+        else:
+            out.append(ch)
+            i += 1
+    return "".join(out), i
+
+
+def _parse(text: str, source: str) -> list[_Line]:
+    """Every line of a config file, assignments decoded; a line that is neither is an error."""
+    if len(text) > MAX_FILE_BYTES:
+        raise PerceusError(f"config file is larger than {MAX_FILE_BYTES} bytes", source)
+    lines: list[_Line] = []
+    for number, raw in enumerate(text.splitlines(), start=1):
+        where = f"{source}:{number}"
+        if len(raw) > MAX_LINE:
+            raise PerceusError(f"line longer than {MAX_LINE} characters", where)
+        if "\0" in raw:
+            raise PerceusError("NUL byte in line", where)
+        stripped = raw.strip()
+        if not stripped or stripped.startswith("#"):
+            lines.append(_Line(raw))
+            continue
+        match = _ASSIGNMENT.match(stripped)
+        if match is None:
+            raise PerceusError(f'malformed line, expected KEY="value": {stripped[:60]!r}', where)
+        value, end = _scan_value(stripped, match.end(), where)
+        rest = stripped[end:]
+        if rest.strip() and not rest.lstrip().startswith("#"):
+            raise PerceusError(f"unexpected text after the value: {rest.strip()[:40]!r}", where)
+        lines.append(_Line(raw, match.group(1), value, rest if rest.strip() else "", match.group(2)))
+    return lines
+
+
+def _quote(value: str) -> str:
+    return '"' + "".join("\\" + ch if ch in _DQ_ESCAPES else ch for ch in value) + '"'
+
+
+def _check_assignment(key: str, value: str, where: str) -> None:
+    if not _KEY.fullmatch(key):
+        raise UsageError(f"not a config key: {key!r}", where)
+    if any(ch in value for ch in "\n\r\0") or len(value) > MAX_LINE // 2:
+        raise UsageError(f"{key}: value must be one line of text", where)
+
+
+def read_config(path: Path) -> dict[str, str]:
+    """The VNFS config file's keys and values (the last assignment of a key wins)."""
+    text, _ = _read_text(Path(path), "VNFS config")
+    return {line.key: line.value for line in _parse(text, str(path)) if line.key}
+
+
+def write_config(path: Path, values: Mapping[str, str]) -> None:
+    """Set ``values`` in the config file; comments, order and other keys stay as they are.
+
+    Each assignment of a given key gets the new value, double-quoted (its spacing around
+    ``=`` and a trailing comment kept); keys not in the file yet are appended in the
+    file's style. A missing file is created (0644).
+    """
+    path = Path(path)
+    for key, value in values.items():
+        _check_assignment(key, value, str(path))
+    try:
+        text, info = _read_text(path, "VNFS config")
+    except PerceusError:
+        if os.path.lexists(path):
+            raise
+        text, info = "", None
+    lines = _parse(text, str(path))
+    seen: set[str] = set()
+    out: list[str] = []
+    for line in lines:
+        if line.key in values:
+            indent = line.text[: len(line.text) - len(line.text.lstrip())]
+            out.append(f"{indent}{line.key}{line.equals}{_quote(values[line.key])}{line.comment}")
+            seen.add(line.key)
+        else:
+            out.append(line.text)
+    equals = next((line.equals for line in reversed(lines) if line.key), "=")  # the file's own style
+    out += [f"{key}{equals}{_quote(value)}" for key, value in values.items() if key not in seen]
+    _replace(path, ("\n".join(out) + "\n").encode(), info)
+
+
+def set_console(config_path: Path, console: str) -> str:
+    """Make ``console=<console>`` the console argument in KERNEL_ARGS; returns the value set.
+
+    Every existing ``console=`` argument is replaced by the one given (at the first's
+    position, else at the end). A serial console without a speed (``ttyS1``) gets
+    ``,115200``, as the original configure did.
+    """
+    if not _CONSOLE.fullmatch(console or ""):
+        raise UsageError(f"not a console device such as tty0 or ttyS0,115200: {console!r}", str(config_path))
+    if console.startswith("ttyS") and "," not in console:
+        console = f"{console},{SERIAL_DEFAULT_SPEED}"
+    args = read_config(config_path).get("KERNEL_ARGS", "").split()
+    wanted = f"console={console}"
+    updated: list[str] = []
+    for arg in args:
+        if arg.startswith("console="):
+            if wanted not in updated:
+                updated.append(wanted)
+        else:
+            updated.append(arg)
+    if wanted not in updated:
+        updated.append(wanted)
+    write_config(config_path, {"KERNEL_ARGS": " ".join(updated)})
+    return console
+
+
+def _check_address(address: str, where: str) -> None:
+    try:
+        ipaddress.ip_address(address)
+        return
+    except ValueError:
+        pass
+    if not _HOSTNAME.fullmatch(address or ""):
+        raise UsageError(f"not an IP address or host name: {address!r}", where)
+
+
+def set_master(config_path: Path, address: str) -> None:
+    """Name the master in the config file: ``MASTER``, plus ``MASTERIP`` and a
+    ``masterip=`` kernel argument where the file already has them (the original's names)."""
+    _check_address(address, str(config_path))
+    current = read_config(config_path)
+    updates = {"MASTER": address}
+    if "MASTERIP" in current:
+        updates["MASTERIP"] = address
+    if "KERNEL_ARGS" in current:
+        args = current["KERNEL_ARGS"].split()
+        if any(arg.startswith("masterip=") for arg in args):
+            args = [f"masterip={address}" if arg.startswith("masterip=") else arg for arg in args]
+            updates["KERNEL_ARGS"] = " ".join(args)
+    write_config(config_path, updates)
+
+
+# --- the root password in the tree's etc/shadow ---
+
+
+def hash_password(password: str) -> str:
+    """SHA-512 crypt of ``password`` with a random salt (``openssl passwd -6``)."""
+    if not password or len(password) > MAX_PASSWORD or any(ch in password for ch in "\n\r\0"):
+        raise UsageError(f"a password is 1 to {MAX_PASSWORD} characters on one line", "root password")
+    try:
+        proc = subprocess.run(
+            ["openssl", "passwd", "-6", "-stdin"],
+            input=password + "\n",
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise PerceusError(f"cannot run openssl to hash the password: {exc}", "root password") from exc
+    hashed = proc.stdout.strip()
+    if proc.returncode != 0 or not re.fullmatch(r"\$6\$[./0-9A-Za-z]{1,16}\$[./0-9A-Za-z]{86}", hashed):
+        raise PerceusError(f"openssl passwd failed: {proc.stderr.strip()[:200]}", "root password")
+    return hashed
+
+
+def _days_since_epoch() -> int:
+    return int(time.time() // 86400)
+
+
+def set_root_password(
+    root: Path, password: str | None, *, hashed: str | None = None, lock: bool = False
+) -> None:
+    """Set root's password in the tree's ``etc/shadow`` (the line is added if missing).
+
+    ``password`` is hashed; ``hashed`` is a ready crypt string used as is. With ``lock``
+    the password field gets a leading ``!`` (the hash, if any, kept behind it, as
+    ``usermod -L`` does), so root cannot log in with a password; an empty password is
+    refused otherwise. The last-change day is set to today, as ``passwd`` does.
+    """
+    if hashed is not None:
+        if not _HASH.fullmatch(hashed):
+            raise UsageError("not a crypt hash such as $6$salt$...", "root password")
+        field: str | None = hashed
+    elif password:
+        field = hash_password(password)
+    elif lock:
+        field = None  # lock whatever is there
+    else:
+        raise UsageError("refusing an empty root password (give one, or lock root)", "root password")
+    etc = Path(root) / "etc"
+    if etc.is_symlink() or not etc.is_dir():
+        raise PerceusError("etc is not a directory in the VNFS", str(etc))
+    shadow = etc / "shadow"
+    text, info = _read_text(shadow, "shadow file")
+    lines = text.splitlines()
+    at = [index for index, line in enumerate(lines) if line.split(":", 1)[0] == "root"]
+    if len(at) > 1:
+        raise PerceusError(
+            f"root appears {len(at)} times (lines {', '.join(str(i + 1) for i in at)})", str(shadow)
+        )
+    today = str(_days_since_epoch())
+    if at:
+        fields = lines[at[0]].split(":")
+        if len(fields) != 9:
+            raise PerceusError(
+                f"malformed shadow entry for root: {len(fields)} fields, expected 9", f"{shadow}:{at[0] + 1}"
+            )
+        current = fields[1]
+    else:
+        fields = ["root", "", today, "0", "99999", "7", "", "", ""]
+        current = ""
+    new = field if field is not None else current
+    if lock and not new.startswith("!"):
+        new = "!" + (new if _HASH.fullmatch(new) else "")
+    fields[1] = new
+    fields[2] = today
+    entry = ":".join(fields)
+    if at:
+        lines[at[0]] = entry
+    else:
+        lines.insert(0, entry)
+    _replace(shadow, ("\n".join(lines) + "\n").encode(), info)
