@@ -13,6 +13,7 @@ ROOMS = ["stage1", "native", "server", "imagefmt", "capsule", "bench", "buildroo
 EXTENSIONS = cythonize(
     [
         Extension("perceus.native.nodeset", ["native/nodeset.pyx"], extra_compile_args=["-O2"]),
+        Extension("perceus.native.cpiopack", ["native/cpiopack.pyx"], extra_compile_args=["-O2"]),
     ],
     language_level=3,
     compiler_directives={"boundscheck": False, "wraparound": False, "cdivision": True},
