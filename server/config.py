@@ -60,6 +60,7 @@ PERCEUS_KEYS = (
     ),
     Key("vnfs transfer master", "", "Address of the VNFS server; empty means the master device's address."),
     Key("vnfs transfer prefix", "", "Path prefix on the VNFS server, if it is not the state directory."),
+    Key("vnfs mount directory", "/mnt", "Where 'perceus vnfs mount' puts a VNFS's writable working tree."),
     Key(
         "database type",
         "sqlite",

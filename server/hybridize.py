@@ -8,7 +8,10 @@ Layout (master side / node side)::
 
     <statedir>/vnfs/<NAME>/hybrid/<relpath>            real content, staged by stage()
     <mount_point>/vnfs/<NAME>/hybrid/<relpath>         what the image's symlink names
-    <master>:<statedir> <mount_point> nfs ro,nolock,soft 0 0      the line in etc/fstab
+    <master>:<statedir>/vnfs <mount_point>/vnfs nfs ro,nolock,soft 0 0   the line in etc/fstab
+
+Only ``<statedir>/vnfs`` is mounted on the nodes, never the whole state directory: the
+node database and the SSH host keys live beside it.
 
 ``mount_point`` defaults to the master's own state directory path, as in the original.
 The content is copied (hard-linked where it can be) into ``hybrid/`` rather than linked
@@ -228,7 +231,7 @@ def _fstab_unescape(field: str) -> str:
 
 
 def fstab_line(master: str, statedir: str, mount_point: str) -> str:
-    """The NFS line that mounts the master's state directory where the symlinks point."""
+    """The NFS line that mounts the master's VNFS directory where the symlinks point."""
     host = f"[{master}]" if ":" in master else master
     return f"{host}:{_fstab_escape(statedir)} {_fstab_escape(mount_point)} nfs {NFS_OPTIONS} 0 0"
 
@@ -236,14 +239,16 @@ def fstab_line(master: str, statedir: str, mount_point: str) -> str:
 def fstab_with_mount(fstab: str, master: str, statedir: str, mount_point: str) -> str:
     """``fstab`` with the state directory mount added, unless something already mounts there.
 
-    An existing entry for ``mount_point`` wins (the guide lets sites switch to another
+    An existing entry for ``mount_point`` or a directory above it (other than ``/``) wins
+    (the guide lets sites switch to another
     filesystem by editing it), so the line is never duplicated or overridden.
     """
     wanted = _normal(mount_point)
     for raw in fstab.splitlines():
         fields = raw.split()
         if len(fields) >= 2 and not fields[0].startswith("#"):
-            if _normal(_fstab_unescape(fields[1])) == wanted:
+            existing = _normal(_fstab_unescape(fields[1]))
+            if existing == wanted or (existing != "/" and wanted.startswith(existing + "/")):
                 return fstab
     prefix = fstab if not fstab or fstab.endswith("\n") else fstab + "\n"
     return prefix + fstab_line(master, statedir, mount_point) + "\n"
@@ -293,7 +298,8 @@ def plan(
             current = (root / resolved).read_bytes().decode() if resolved else ""
         except (OSError, UnicodeDecodeError) as exc:
             raise PerceusError(f"cannot read the VNFS fstab: {exc}", str(root / "etc/fstab")) from exc
-        updated = fstab_with_mount(current, master, str(statedir), mount)
+        # only the VNFS tree is exported: never the database or the SSH host keys beside it
+        updated = fstab_with_mount(current, master, f"{statedir}/vnfs", f"{mount}/vnfs")
         if updated != current:
             replace_files["etc/fstab"] = updated.encode()
     return symlink_over, replace_files

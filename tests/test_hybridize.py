@@ -149,7 +149,7 @@ def test_plan_symlinks_and_fstab(tmp_path: Path) -> None:
     }
     assert replace_files == {
         "etc/fstab": b"proc /proc proc defaults 0 0\n"
-        b"10.0.0.1:/var/lib/perceus /var/lib/perceus nfs ro,nolock,soft 0 0\n"
+        b"10.0.0.1:/var/lib/perceus/vnfs /var/lib/perceus/vnfs nfs ro,nolock,soft 0 0\n"
     }
 
 
@@ -161,7 +161,7 @@ def test_plan_with_a_separate_mount_point_and_no_fstab(tmp_path: Path) -> None:
     )
     assert symlink_over == {"usr/include": "/mnt/perceus/vnfs/v/hybrid/usr/include"}
     assert replace_files == {
-        "etc/fstab": b"[fd00::1]:/srv/perceus\\040state /mnt/perceus nfs ro,nolock,soft 0 0\n"
+        "etc/fstab": b"[fd00::1]:/srv/perceus\\040state/vnfs /mnt/perceus/vnfs nfs ro,nolock,soft 0 0\n"
     }
 
 

@@ -4,6 +4,7 @@ Every failure ends as one line ``perceus: error: <what> (<where>)`` and exit sta
 2 for usage mistakes or 1 otherwise; click's own messages are folded into that form.
 """
 
+import importlib
 import os
 import sys
 import traceback
@@ -16,14 +17,33 @@ from perceus.server.errors import PerceusError
 VERSION = "0.1.0"
 
 
-class OrderedGroup(click.Group):
-    """Lists subcommands in the order they were added (the guide's order), not alphabetically."""
+# Command groups in the guide's order, imported only when used: ``node add`` should not
+# pay for loading the capsule and image code.
+COMMANDS = {
+    "node": "perceus.server.cli.node:node",
+    "group": "perceus.server.cli.group:group",
+    "vnfs": "perceus.server.cli.vnfs:vnfs",
+    "capsule": "perceus.server.cli.capsule:capsule_group",
+    "info": "perceus.server.cli.info:info",
+    "init": "perceus.server.cli.init:init",
+    "completion": "perceus.server.cli.completion:completion",
+}
+
+
+class LazyGroup(click.Group):
+    """Lists subcommands in the guide's order and imports each only when it is used."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return list(self.commands)
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, attribute = COMMANDS[name].split(":")
+        return getattr(importlib.import_module(module), attribute)
 
 
-@click.group(cls=OrderedGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-i", "--nodeid", "by_nodeid", is_flag=True, help="Node arguments are MAC addresses (NodeIDs).")
 @click.option("-y", "--yes", "assume_yes", is_flag=True, help="Answer yes to every confirmation.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the data: no headers or chatter.")
@@ -33,19 +53,6 @@ class OrderedGroup(click.Group):
 def cli(ctx: click.Context, by_nodeid: bool, assume_yes: bool, quiet: bool, verbose: int) -> None:
     """Provision and manage the nodes of a cluster."""
     ctx.obj = App(by_nodeid=by_nodeid, assume_yes=assume_yes, quiet=quiet, verbose=verbose)
-
-
-def _register() -> None:
-    from perceus.server.cli import completion, group, info, init, node
-
-    cli.add_command(node.node)
-    cli.add_command(group.group)
-    cli.add_command(info.info)
-    cli.add_command(init.init)
-    cli.add_command(completion.completion)
-
-
-_register()
 
 
 def _fail(message: str, where: str, status: int) -> int:

@@ -53,14 +53,12 @@ class App:
     def emit_json(data: object) -> None:
         click.echo(json.dumps(data, indent=2, sort_keys=True))
 
-    def confirm(self, question: str, nodes: list[Node], where: str) -> None:
-        """List what a destructive command touches and ask; anything but yes changes nothing."""
+    def confirm(self, question: str, listing: list[str], where: str) -> None:
+        """Show what a destructive command touches and ask; anything but yes changes nothing."""
         if self.assume_yes:
             return
-        click.echo("   Hostname             Group                NodeID", err=True)
-        click.echo("   " + "-" * 76, err=True)
-        for node in nodes:
-            click.echo(f"   {node.hostname:<20} {node.group:<20} {node.nodeid}", err=True)
+        for line in listing:
+            click.echo(line, err=True)
         click.echo(f"\n{question}", err=True)
         while True:
             click.echo("Please Confirm [yes/no]> ", nl=False, err=True)
@@ -75,6 +73,12 @@ class App:
             if answer in ("no", "n"):
                 break
         raise PerceusError("not confirmed, nothing changed (pass -y to skip the question)", where)
+
+
+def node_rows(nodes: list[Node]) -> list[str]:
+    """The original's listing of the nodes a confirmation is about."""
+    header = ["   Hostname             Group                NodeID", "   " + "-" * 76]
+    return header + [f"   {node.hostname:<20} {node.group:<20} {node.nodeid}" for node in nodes]
 
 
 pass_app = click.make_pass_decorator(App)

@@ -3,7 +3,7 @@
 import time
 
 from perceus.server.cli import output
-from perceus.server.cli.app import App
+from perceus.server.cli.app import App, node_rows
 from perceus.server.db import Node
 
 
@@ -39,7 +39,7 @@ def print_show(app: App, nodes: list[Node], as_json: bool) -> None:
 
 def delete_confirmed(app: App, nodes: list[Node], where: str) -> None:
     """List the nodes, ask (unless -y), then delete them in one transaction."""
-    app.confirm(f"Are you sure you wish to delete {len(nodes)} nodes from Perceus?", nodes, where)
+    app.confirm(f"Are you sure you wish to delete {len(nodes)} nodes from Perceus?", node_rows(nodes), where)
     with app.db.transaction():
         count = app.db.delete_nodes(n.nodeid for n in nodes)
     app.info(f"'{count}' nodes have been deleted")

@@ -6,7 +6,7 @@ import click
 
 from perceus.server import importers
 from perceus.server.cli import listing
-from perceus.server.cli.app import App, pass_app
+from perceus.server.cli.app import App, node_rows, pass_app
 from perceus.server.cli.completion import complete_nodes
 from perceus.server.cli.fields import check_value
 from perceus.server.db import Node
@@ -143,7 +143,7 @@ def replace(app: App, old: str, new: str) -> None:
         raise UsageError(f"{old!r} and {new!r} are the same node", where)
     app.confirm(
         f"Are you sure you wish to replace '{old_node.hostname}' with '{new_node.hostname}'?",
-        [old_node, new_node],
+        node_rows([old_node, new_node]),
         where,
     )
     with app.db.transaction():
