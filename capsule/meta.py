@@ -25,6 +25,7 @@ from perceus.capsule.format import (
     MetaError,
     open_regular,
 )
+from perceus.imagefmt.tree import resolve_in_root
 
 SUFFIXES = {"vnfs": ".vnfs", "module": ".pmod"}
 
@@ -122,33 +123,10 @@ def parse_capsule_filename(filename: str) -> dict[str, str] | None:
 # -- reading the tree -----------------------------------------------------------------------
 
 
-def resolve_in_tree(root: Path, path: str, max_links: int = 40) -> Path | None:
+def resolve_in_tree(root: Path, path: str) -> Path | None:
     """``path`` inside ``root`` with symlinks followed as a chroot would; None if it does not exist."""
-    pending = [p for p in path.split("/") if p not in ("", ".")]
-    done: list[str] = []
-    links = 0
-    while pending:
-        part = pending.pop(0)
-        if part == "..":
-            if done:
-                done.pop()
-            continue
-        candidate = Path(root, *done, part)
-        try:
-            st = os.lstat(candidate)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        if stat.S_ISLNK(st.st_mode):
-            links += 1
-            if links > max_links:
-                return None
-            target = os.readlink(candidate)
-            if target.startswith("/"):
-                done = []
-            pending = [p for p in target.split("/") if p not in ("", ".")] + pending
-        else:
-            done.append(part)
-    return Path(root, *done)
+    relpath = resolve_in_root(root, path)
+    return None if relpath is None else Path(root, relpath)
 
 
 def _regular(root: Path, path: str) -> Path | None:

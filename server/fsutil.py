@@ -5,17 +5,34 @@ import tempfile
 from pathlib import Path
 
 
-def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data`` so a crash leaves the old file or the new, never a mix."""
+def fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable."""
+    dirfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dirfd)
+    finally:
+        os.close(dirfd)
+
+
+def atomic_write(
+    path: Path, data: bytes | str, mode: int = 0o644, like: os.stat_result | None = None
+) -> None:
+    """Replace ``path`` with ``data`` so a crash leaves the old file or the new, never a mix.
+
+    With ``like`` the new file takes that file's mode and (as root) owner. Mode and owner
+    are set before any data is written, so a secret is never readable by others.
+    """
     path = Path(path)
     payload = data.encode() if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
+            if like is not None and os.geteuid() == 0:
+                os.fchown(handle.fileno(), like.st_uid, like.st_gid)
+            os.fchmod(handle.fileno(), (like.st_mode & 0o7777) if like is not None else mode)
             handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -23,8 +40,4 @@ def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
         except FileNotFoundError:
             pass
         raise
-    dirfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dirfd)
-    finally:
-        os.close(dirfd)
+    fsync_dir(path.parent)

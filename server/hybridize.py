@@ -36,12 +36,13 @@ import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from perceus.imagefmt.tree import resolve_in_root
 from perceus.server.errors import PerceusError
+from perceus.server.fsutil import fsync_dir
 from perceus.server.paths import DEFAULT_STATEDIR
 
 MAX_FILE_BYTES = 1 << 20  # a hybridize file is a short list; anything bigger is a mistake
 MAX_ENTRY = 4096  # PATH_MAX
-MAX_SYMLINKS = 40  # as the kernel's path walk
 NFS_OPTIONS = "ro,nolock,soft"
 _MAGIC = frozenset("*?[")
 _OCTAL = frozenset("01234567")
@@ -120,41 +121,6 @@ def _lstat(path: Path) -> os.stat_result | None:
         return os.lstat(path)
     except (FileNotFoundError, NotADirectoryError):
         return None
-
-
-def resolve_in_root(root: Path, relpath: str) -> str | None:
-    """``relpath`` with every symlink resolved as if ``root`` were ``/`` (chroot-style).
-
-    Absolute link targets restart at ``root`` and ``..`` stops at it, so the walk can never
-    leave the tree. Returns the relative path of the object (the last component is followed
-    too) or None when it is missing, loops, or passes through a non-directory.
-    """
-    pending = _components(relpath)
-    done: list[str] = []
-    links = 0
-    while pending:
-        part = pending.pop(0)
-        if part == "..":
-            if done:
-                done.pop()
-            continue
-        candidate = root.joinpath(*done, part)
-        info = _lstat(candidate)
-        if info is None:
-            return None
-        if stat.S_ISLNK(info.st_mode):
-            links += 1
-            if links > MAX_SYMLINKS:
-                return None
-            target = os.readlink(candidate)
-            if target.startswith("/"):
-                done = []
-            pending = _components(target) + pending
-            continue
-        if pending and not stat.S_ISDIR(info.st_mode):
-            return None
-        done.append(part)
-    return "/".join(done)
 
 
 def _glob_component(name: str, pattern: str) -> bool:
@@ -466,8 +432,4 @@ def stage(root: Path, symlink_over: Mapping[str, str], dest_hybrid_dir: Path) ->
         if building.exists():
             shutil.rmtree(building, ignore_errors=True)
         raise
-    dirfd = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dirfd)
-    finally:
-        os.close(dirfd)
+    fsync_dir(dest.parent)

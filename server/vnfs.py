@@ -423,17 +423,24 @@ def close(vnfs: Vnfs, where: str) -> None:
     shutil.rmtree(doomed)
 
 
+@contextmanager
+def _scratch_tree(vnfs: Vnfs, purpose: str) -> Iterator[Path]:
+    """The image unpacked into a temporary directory beside the VNFS, removed afterwards."""
+    with tempfile.TemporaryDirectory(
+        prefix=f".{vnfs.name}.", suffix=f".{purpose}", dir=vnfs.path.parent
+    ) as scratch:
+        tree = Path(scratch) / "tree"
+        tree.mkdir()
+        extract_tree(vnfs, tree)
+        yield tree
+
+
 def rebuild(vnfs: Vnfs, site: Site, where: str, progress=None) -> image.PackResult:
     """Repack the image: from the working tree if mounted, else from the image itself
     (so a changed hybridize list takes effect)."""
     if vnfs.mounted_at is not None:
         return build_image(vnfs, _working_tree(vnfs, where), site, where, progress)
-    with tempfile.TemporaryDirectory(
-        prefix=f".{vnfs.name}.", suffix=".rebuild", dir=vnfs.path.parent
-    ) as scratch:
-        tree = Path(scratch) / "tree"
-        tree.mkdir()
-        extract_tree(vnfs, tree)
+    with _scratch_tree(vnfs, "rebuild") as tree:
         return build_image(vnfs, tree, site, where, progress)
 
 
@@ -443,11 +450,6 @@ def editable_tree(vnfs: Vnfs, site: Site, where: str) -> Iterator[Path]:
     if vnfs.mounted_at is not None:
         yield _working_tree(vnfs, where)
         return
-    with tempfile.TemporaryDirectory(
-        prefix=f".{vnfs.name}.", suffix=".edit", dir=vnfs.path.parent
-    ) as scratch:
-        tree = Path(scratch) / "tree"
-        tree.mkdir()
-        extract_tree(vnfs, tree)
+    with _scratch_tree(vnfs, "edit") as tree:
         yield tree
         build_image(vnfs, tree, site, where)

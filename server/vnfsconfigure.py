@@ -18,13 +18,13 @@ import os
 import re
 import stat
 import subprocess
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from perceus.server.errors import PerceusError, UsageError
+from perceus.server.fsutil import atomic_write
 
 MAX_FILE_BYTES = 1 << 20
 MAX_LINE = 1 << 16
@@ -42,35 +42,6 @@ _HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*")
 
 
 # --- files kept whole: written beside, renamed into place, mode and owner preserved ---
-
-
-def _replace(path: Path, data: bytes, like: os.stat_result | None, default_mode: int = 0o644) -> None:
-    """Atomically replace ``path``; the new file gets the mode and owner of ``like``.
-
-    The temporary file is created 0600 and given its final mode and owner before any
-    data is written, so a shadow file is never readable by others, not even briefly.
-    """
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            if like is not None and os.geteuid() == 0:
-                os.fchown(handle.fileno(), like.st_uid, like.st_gid)
-            os.fchmod(handle.fileno(), (like.st_mode & 0o7777) if like is not None else default_mode)
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    dirfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dirfd)
-    finally:
-        os.close(dirfd)
 
 
 def _read_text(path: Path, what: str) -> tuple[str, os.stat_result]:
@@ -227,7 +198,7 @@ def write_config(path: Path, values: Mapping[str, str]) -> None:
             out.append(line.text)
     equals = next((line.equals for line in reversed(lines) if line.key), "=")  # the file's own style
     out += [f"{key}{equals}{_quote(value)}" for key, value in values.items() if key not in seen]
-    _replace(path, ("\n".join(out) + "\n").encode(), info)
+    atomic_write(path, "\n".join(out) + "\n", like=info)
 
 
 def set_console(config_path: Path, console: str) -> str:
@@ -361,4 +332,4 @@ def set_root_password(
         lines[at[0]] = entry
     else:
         lines.insert(0, entry)
-    _replace(shadow, ("\n".join(lines) + "\n").encode(), info)
+    atomic_write(shadow, "\n".join(lines) + "\n", like=info)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from perceus.imagefmt.tree import resolve_in_root
 from perceus.server import hybridize
 from perceus.server.errors import PerceusError
 from perceus.server.hybridize import (
@@ -16,7 +17,6 @@ from perceus.server.hybridize import (
     matches,
     parse_hybridize,
     plan,
-    resolve_in_root,
     stage,
 )
 
