@@ -13,7 +13,7 @@ NATIVE_SOURCES := $(wildcard native/*.pyx native/*.pxd native/*_build.py native/
 
 # System packages the build, the tests and the demo need.
 APT_PACKAGES := python3 python3-venv python3-dev gcc make libc6-dev \
-	openssh-client openssh-server rsync sqlite3 zstd cpio pigz bzip2 iproute2 \
+	openssh-client openssh-server openssl rsync sqlite3 zstd cpio pigz bzip2 tar iproute2 util-linux \
 	qemu-system-x86 busybox-static
 
 # Debian's kernel for QEMU tests, unpacked here rather than installed on the master.
