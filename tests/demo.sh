@@ -19,7 +19,14 @@ step perceus node add 02:00:00:00:01:01 io1
 step perceus node add 02:00:00:00:01:02 io2
 step perceus node set group interactive 'n000[0-3]'
 step perceus group set desc "Interactive and login nodes" interactive
-step perceus node set vnfs debian-12-1.stateless.x86_64 'n00[00-05,06,20-23]' 'io*'
+# a tiny VNFS: busybox and an /init, packed into a capsule and imported (guide 4.3-4.5)
+mkdir -p "$demo/tree/bin" "$demo/tree/etc" "$demo/tree/sbin"
+cp /bin/busybox "$demo/tree/bin/busybox"; ln -s busybox "$demo/tree/bin/sh"; ln -s /bin/busybox "$demo/tree/sbin/init"
+printf 'ID=demo\nVERSION_ID="1"\n' > "$demo/tree/etc/os-release"
+step perceus capsule pack "$demo/tree" "$demo/" --name demo --version 1.0 --no-kernel
+step perceus vnfs import "$demo/demo-1.0-1.stateless.x86_64.vnfs"
+step perceus vnfs list
+step perceus node set vnfs demo-1.0-1.stateless.x86_64 'n00[00-05,06,20-23]' 'io*'
 step perceus node summary 'n00[00-07]' 'io*'
 step perceus -y node delete 'n000[0-2]'
 step perceus node add 00:11:22:33:44:55
