@@ -1,0 +1,639 @@
+"""The node <-> master protocol (stage1/protocol.py): frames, messages and whole sessions.
+
+Both state machines are driven against each other without sockets; every byte crosses in
+seeded random-sized pieces (1-byte pieces included), so each parse is exercised at every
+split point. Error paths are in test_protocol_errors.py, authentication in
+test_protocol_auth.py, fuzzing in test_protocol_fuzz.py.
+"""
+
+import hashlib
+import random
+import re
+import subprocess
+import sys
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from perceus.stage1 import protocol as P
+from perceus.stage1.protocol import (
+    CLOSED,
+    NEED_DATA,
+    Assign,
+    AuthChallenge,
+    AuthResponse,
+    Bye,
+    ChunkEntry,
+    Error,
+    ErrorCode,
+    Follows,
+    Hello,
+    ImageData,
+    ImageOffer,
+    ImageRequest,
+    Interface,
+    LocalProtocolError,
+    Log,
+    MasterConnection,
+    MessageType,
+    NodeConnection,
+    ObjectKind,
+    Ping,
+    Pong,
+    RawBytes,
+    RemoteProtocolError,
+    Role,
+    Script,
+    ScriptResult,
+    State,
+    Wait,
+)
+
+KEY = b"a site key of thirty-two bytes!!"
+MAC = "00:16:3E:5A:00:01"
+MODES = ("one", "small", "random", "whole")
+
+
+# --- harness ---
+
+
+def pieces(data: bytes, rng: random.Random, mode: str):
+    """``data`` cut into pieces: single bytes, 1-7 bytes, 1-5000 bytes, or whole."""
+    i = 0
+    while i < len(data):
+        n = {"one": 1, "small": rng.randint(1, 7), "random": rng.randint(1, 5000)}.get(mode, len(data))
+        yield data[i : i + n]
+        i += n
+
+
+def drain(conn: P.Connection) -> list:
+    """Every event ready now (stops at NEED_DATA or CLOSED)."""
+    events = []
+    while True:
+        event = conn.next_event()
+        if event is NEED_DATA or event is CLOSED:
+            return events
+        events.append(event)
+
+
+def deliver(conn: P.Connection, data: bytes, rng: random.Random, mode: str) -> list:
+    """Feed ``data`` piece by piece, draining after each piece, as an I/O loop would."""
+    events = []
+    for piece in pieces(data, rng, mode):
+        events += drain(conn)
+        conn.receive_data(piece)
+        events += drain(conn)
+    return events + drain(conn)
+
+
+def merge_raw(events: list) -> list:
+    """Consecutive RawBytes joined into one (how pieces fall depends on the split)."""
+    out: list = []
+    for event in events:
+        if isinstance(event, RawBytes) and out and isinstance(out[-1], RawBytes):
+            out[-1] = RawBytes(out[-1].data + event.data)
+        else:
+            out.append(event)
+    return out
+
+
+@dataclass
+class Objects:
+    image: bytes
+    chunks: tuple[ChunkEntry, ...]
+    overlay: bytes
+    kernel: bytes
+
+    def data(self, kind: ObjectKind) -> bytes:
+        return {
+            ObjectKind.IMAGE: self.image,
+            ObjectKind.OVERLAY: self.overlay,
+            ObjectKind.KERNEL: self.kernel,
+        }[kind]
+
+    def offer(self, vnfs: str = "centos-5.1", args: str = "console=ttyS0,115200 quiet") -> ImageOffer:
+        return ImageOffer(
+            vnfs=vnfs,
+            image_size=len(self.image),
+            image_sha256=hashlib.sha256(self.image).hexdigest(),
+            chunks=self.chunks,
+            overlay_size=len(self.overlay),
+            overlay_sha256=hashlib.sha256(self.overlay).hexdigest(),
+            kernel_size=len(self.kernel),
+            kernel_sha256=hashlib.sha256(self.kernel).hexdigest(),
+            kernel_args=args,
+        )
+
+
+def make_objects(rng: random.Random, image_size: int = 20000) -> Objects:
+    image = rng.randbytes(image_size)
+    chunks, offset = [], 0
+    while offset < image_size:
+        csize = min(rng.randint(1, 6000), image_size - offset)
+        frame = image[offset : offset + csize]
+        chunks.append(ChunkEntry(offset, csize, csize * 3, hashlib.sha256(frame).hexdigest()))
+        offset += csize
+    return Objects(image, tuple(chunks), rng.randbytes(777), rng.randbytes(3000))
+
+
+class Pair:
+    """A node and a master connected by an in-memory pipe that cuts bytes at random."""
+
+    def __init__(
+        self,
+        seed: int = 0,
+        mode: str = "random",
+        *,
+        node_key: bytes | None = None,
+        master_key: bytes | None = None,
+        auth_required: bool = False,
+        require_master_auth: bool = True,
+    ) -> None:
+        self.rng = random.Random(seed)
+        self.mode = mode
+        self.node = NodeConnection(
+            site_key=node_key, require_master_auth=require_master_auth, random_bytes=self.rng.randbytes
+        )
+        self.master = MasterConnection(
+            site_key=master_key, auth_required=auth_required, random_bytes=self.rng.randbytes
+        )
+
+    def to_master(self, event) -> list:
+        return deliver(self.master, self.node.send(event), self.rng, self.mode)
+
+    def to_node(self, event) -> list:
+        return deliver(self.node, self.master.send(event), self.rng, self.mode)
+
+    def bytes_to_node(self, data: bytes) -> list:
+        return deliver(self.node, data, self.rng, self.mode)
+
+    def hello(self, state: str = "init", **facts) -> Hello:
+        facts.setdefault("interfaces", (Interface("eth0", MAC), Interface("ib0", ":".join(["A0"] * 20))))
+        hello = self.node.make_hello(MAC, state, cpus=8, memory=16 << 30, **facts)
+        assert self.to_master(hello) == [hello]
+        assert self.master.hello == hello and self.master.state is State.ANSWER
+        return hello
+
+    def authenticate(self) -> None:
+        challenge = self.master.challenge()
+        assert self.to_node(challenge) == [challenge]
+        response = self.node.auth_response()
+        assert self.to_master(response) == [response]
+        assert self.master.state is self.node.state is State.ASSIGN
+
+    def fetch(self, kind: ObjectKind, offset: int = 0, length: int = 0, via: str = "send") -> bytes:
+        """One IMAGE_REQUEST and its IMAGE_DATA; the master streams with send() or 'sendfile'."""
+        request = ImageRequest(kind, offset, length)
+        assert self.to_master(request) == [request]
+        assert self.master.state is State.IMAGE_DATA
+        header = self.master.image_data()
+        data = self.master.send(header)
+        payload = self.objects.data(kind)[offset : offset + header.length]
+        assert len(payload) == header.length
+        if via == "send":
+            cut = self.rng.randint(0, len(payload))
+            data += self.master.send(RawBytes(payload[:cut])) + self.master.send(RawBytes(payload[cut:]))
+        else:  # the I/O layer writes the bytes itself and accounts for them
+            data += payload
+            self.master.raw_sent(len(payload))
+        assert self.master.state is State.REQUEST and self.master.raw_remaining == 0
+        events = merge_raw(self.bytes_to_node(data))
+        assert events[0] == header
+        got = b"".join(e.data for e in events[1:])
+        assert all(isinstance(e, RawBytes) for e in events[1:])
+        assert self.node.state is State.REQUEST and self.node.raw_remaining == 0
+        return got
+
+    objects: Objects
+
+
+def provision(pair: Pair, objects: Objects, *, script: bytes = b"#!/bin/sh\necho provisioned\n") -> None:
+    """ASSIGN, SCRIPT, SCRIPT_RESULT, IMAGE_OFFER, then image, overlay and kernel, then BYE."""
+    pair.objects = objects
+    assign = Assign("n0001", "centos-5.1", Follows.SCRIPT | Follows.IMAGE)
+    assert pair.to_node(assign) == [assign]
+    assert pair.node.assignment == assign and pair.node.state is State.SCRIPT
+    assert pair.to_node(Script(script)) == [Script(script)]
+    assert pair.node.state is pair.master.state is State.SCRIPT_RESULT
+    result = ScriptResult(0, b"provisioned\n")
+    assert pair.to_master(result) == [result]
+    offer = objects.offer()
+    assert pair.to_node(offer) == [offer]
+    assert pair.node.offer == offer and pair.node.state is State.REQUEST
+    for kind, via in (
+        (ObjectKind.IMAGE, "send"),
+        (ObjectKind.OVERLAY, "sendfile"),
+        (ObjectKind.KERNEL, "send"),
+    ):
+        got = pair.fetch(kind, via=via)
+        assert hashlib.sha256(got).hexdigest() == offer.sha256_of(kind)
+    assert pair.to_master(Bye("kexec")) == [Bye("kexec")]
+    assert pair.node.state is pair.master.state is State.DONE
+    assert pair.node.next_event() is CLOSED and pair.master.next_event() is CLOSED
+
+
+# --- frames and messages ---
+
+
+def test_frame_layout():
+    frame = P.encode_frame(MessageType.PING, b"\x00" * 7 + b"\x2a")
+    assert frame[:4] == b"\x89PRC" == P.MAGIC
+    assert frame[4:12] == bytes([1, 0x0C, 0, 0, 0, 0, 0, 8])
+    assert frame[12:20] == bytes(7) + b"\x2a"
+    assert frame[20:] == zlib.crc32(frame[:20]).to_bytes(4, "big")
+    assert len(frame) == P.HEADER_SIZE + 8 + P.TRAILER_SIZE
+    assert P.decode_frame(frame) == (P.Frame(1, 0x0C, 0, frame[12:20]), len(frame))
+    assert P.decode_frame(frame[:-1]) is None and P.decode_frame(b"") is None
+    assert P.decode_payload(MessageType.PING, frame[12:20]) == Ping(42)
+
+
+def sample_messages() -> list:
+    rng = random.Random(7)
+    objects = make_objects(rng, 50000)
+    return [
+        Hello(MAC, "init", node_nonce=bytes(32)),
+        Hello(
+            "AA:BB:CC:DD:EE:FF",
+            "ready",
+            versions=(1, 2, 7),
+            node_nonce=rng.randbytes(32),
+            interfaces=tuple(Interface(f"eth{i}", MAC) for i in range(P.MAX_INTERFACES)),
+            cpus=2**32 - 1,
+            memory=2**64 - 1,
+            smbios_uuid="4c4c4544-0042-3510-8052-b4c04f384d32",
+            serial="S" * P.MAX_SERIAL,
+            asset_tag="étiquette ✓",
+        ),
+        AuthChallenge(rng.randbytes(32), rng.randbytes(32)),
+        AuthResponse(rng.randbytes(32)),
+        AuthResponse(b""),
+        Assign("n" * P.MAX_HOSTNAME, "v" * P.MAX_VNFS_NAME, Follows.SCRIPT | Follows.IMAGE),
+        Assign("node-7.rack_3"),
+        Wait(1, "node disabled"),
+        Wait(P.MAX_WAIT, "r" * P.MAX_REASON),
+        Script(b""),
+        Script(rng.randbytes(1000)),
+        Script(rng.randbytes(P.MAX_FRAME_PAYLOAD * 2 + 5)),
+        ScriptResult(-9, b"killed\n"),
+        ScriptResult(2**31 - 1, rng.randbytes(P.MAX_OUTPUT_TAIL)),
+        objects.offer(args="a" * P.MAX_KERNEL_ARGS),
+        ImageOffer("empty", 0, "00" * 32, (), 0, "11" * 32, 0, "22" * 32),
+        ImageRequest(ObjectKind.KERNEL, 12, 34),
+        ImageRequest(ObjectKind.IMAGE),
+        ImageData(ObjectKind.OVERLAY, P.MAX_OBJECT_SIZE, 0),
+        Log("line one\n\tline two\r\n", 3),
+        Log("x" * P.MAX_LOG, 0),
+        Ping(0),
+        Ping(2**64 - 1),
+        Pong(123456789),
+        Error(ErrorCode.UNKNOWN_TYPE, "unknown message type 0x42"),
+        Error(65535, "e" * P.MAX_ERROR_MESSAGE),
+        Bye(),
+        Bye("kexec into the VNFS kernel"),
+    ]
+
+
+def split_frames(data: bytes) -> list[P.Frame]:
+    frames = []
+    while data:
+        decoded = P.decode_frame(data)
+        assert decoded is not None
+        frame, size = decoded
+        frames.append(frame)
+        data = data[size:]
+    return frames
+
+
+@pytest.mark.parametrize("message", sample_messages(), ids=lambda m: type(m).__name__)
+def test_message_round_trip(message):
+    data = P.encode_message(message)
+    frames = split_frames(data)
+    assert {f.type for f in frames} == {message.TYPE}
+    assert all(f.flags == P.FLAG_MORE for f in frames[:-1]) and frames[-1].flags == 0
+    assert all(len(f.payload) == P.MAX_FRAME_PAYLOAD for f in frames[:-1])
+    payload = b"".join(f.payload for f in frames)
+    assert payload == P.encode_payload(message)
+    decoded = P.decode_payload(message.TYPE, payload)
+    assert decoded == message
+    assert P.encode_payload(decoded) == payload
+
+
+def test_samples_cover_every_type():
+    assert {m.TYPE for m in sample_messages()} == set(MessageType)
+
+
+def test_decoded_values_are_canonical():
+    hello = P.decode_payload(MessageType.HELLO, P.encode_payload(Hello("0a:0b:0c:0d:0e:0f", "init")))
+    assert hello.nodeid == "0A:0B:0C:0D:0E:0F"
+    offer = ImageOffer("v", 5, "AB" * 32, [ChunkEntry(0, 5, 9, "CD" * 32)], 0, "00" * 32, 0, "00" * 32)
+    decoded = P.decode_payload(MessageType.IMAGE_OFFER, P.encode_payload(offer))
+    assert decoded.image_sha256 == "ab" * 32 and decoded.chunks == (ChunkEntry(0, 5, 9, "cd" * 32),)
+    assert isinstance(offer.chunks, tuple)
+
+
+def test_script_fragments_exactly_at_the_bound():
+    data = P.encode_message(Script(bytes(P.MAX_SCRIPT)))
+    frames = split_frames(data)
+    assert [f.flags for f in frames] == [P.FLAG_MORE] * 3 + [0]
+    with pytest.raises(LocalProtocolError) as info:
+        P.encode_message(Script(bytes(P.MAX_SCRIPT + 1)))
+    assert info.value.code is ErrorCode.TOO_LARGE
+
+
+def test_largest_chunk_table_through_the_machines():
+    rng = random.Random(3)
+    chunks = tuple(ChunkEntry(i * 4096, 4096, 8192, rng.randbytes(32).hex()) for i in range(P.MAX_CHUNKS))
+    offer = ImageOffer("big", P.MAX_CHUNKS * 4096, "00" * 32, chunks, 0, "00" * 32, 10, "00" * 32)
+    pair = Pair(1, "random")
+    pair.hello()
+    pair.to_node(Assign("n1", "big", Follows.IMAGE))
+    data = pair.master.send(offer)
+    assert len(split_frames(data)) == 4  # 3 MiB of chunk table: one message, several frames
+    assert deliver(pair.node, data, pair.rng, "whole") == [offer]
+
+
+# --- sessions ---
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("seed", [1, 2])
+def test_init_with_auth(seed, mode):
+    pair = Pair(seed, mode, node_key=KEY, master_key=KEY, auth_required=True)
+    pair.hello("init")
+    assert pair.master.waiting_for == frozenset() and pair.master.our_turn
+    pair.authenticate()
+    assert pair.master.authenticated and pair.node.authenticated
+    provision(pair, make_objects(pair.rng))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_init_without_auth(mode):
+    pair = Pair(3, mode)
+    pair.hello("init", smbios_uuid="4c4c4544-0042-3510-8052-b4c04f384d32", serial="CZ123", asset_tag="R7U12")
+    assert not pair.master.authenticated
+    provision(pair, make_objects(pair.rng))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_init_with_optional_auth_and_a_keyless_node(mode):
+    pair = Pair(4, mode, master_key=KEY)
+    pair.hello()
+    pair.authenticate()  # the node answers with an empty tag, which an optional master accepts
+    assert pair.node.auth_response() == AuthResponse(b"")
+    assert not pair.master.authenticated
+    provision(pair, make_objects(pair.rng))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_ready_check_in(mode):
+    pair = Pair(5, mode)
+    pair.hello("ready")
+    assert pair.to_node(Assign("n0001", "centos-5.1", Follows.SCRIPT)) == [Assign("n0001", "centos-5.1", 1)]
+    script = b"#!/bin/sh\n" + b": modules for ready/all\n" * 50
+    assert pair.to_node(Script(script)) == [Script(script)]
+    assert pair.to_master(ScriptResult(1, b"oops")) == [ScriptResult(1, b"oops")]
+    assert pair.node.state is pair.master.state is State.FINISH
+    assert pair.to_master(Bye()) == [Bye()]
+    assert pair.node.state is pair.master.state is State.DONE
+
+
+def test_check_in_with_nothing_to_do():
+    pair = Pair(6, "small")
+    pair.hello("halt")
+    pair.to_node(Assign("n0001"))
+    assert pair.node.state is State.FINISH
+    with pytest.raises(LocalProtocolError):
+        pair.node.send(ImageRequest(ObjectKind.IMAGE))
+    pair.to_master(Bye())
+    assert pair.master.state is State.DONE
+
+
+def test_image_without_script():
+    pair = Pair(7, "random")
+    pair.objects = make_objects(pair.rng)
+    pair.hello()
+    pair.to_node(Assign("n1", "v", Follows.IMAGE))
+    assert pair.node.state is State.OFFER
+    pair.to_node(pair.objects.offer())
+    assert pair.fetch(ObjectKind.KERNEL) == pair.objects.kernel
+    pair.to_master(Bye())
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("after_auth", [False, True])
+def test_wait(mode, after_auth):
+    key = KEY if after_auth else None
+    pair = Pair(8, mode, node_key=key, master_key=key)
+    pair.hello()
+    if after_auth:
+        pair.authenticate()
+    assert pair.to_node(Wait(30, "node is disabled")) == [Wait(30, "node is disabled")]
+    assert pair.node.state is pair.master.state is State.DONE
+    assert pair.node.next_event() is CLOSED
+    with pytest.raises(LocalProtocolError):
+        pair.node.send(Bye())
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_resume_in_one_session(mode):
+    pair = Pair(9, mode)
+    objects = pair.objects = make_objects(pair.rng)
+    pair.hello()
+    pair.to_node(Assign("n1", "v", Follows.IMAGE))
+    pair.to_node(objects.offer())
+    first = pair.fetch(ObjectKind.IMAGE, 0, objects.chunks[0].csize)
+    second = pair.fetch(ObjectKind.IMAGE, len(first), via="sendfile")
+    assert first + second == objects.image
+    # a request at the very end is answered with an empty IMAGE_DATA
+    assert pair.fetch(ObjectKind.IMAGE, len(objects.image)) == b""
+    assert pair.fetch(ObjectKind.OVERLAY, 100, 50) == objects.overlay[100:150]
+    pair.to_master(Bye())
+
+
+def test_resume_after_the_connection_dropped():
+    rng = random.Random(10)
+    objects = make_objects(rng)
+    # first session: the connection dies part way through the raw image bytes
+    pair = Pair(10, "random")
+    pair.objects = objects
+    pair.hello()
+    pair.to_node(Assign("n1", "v", Follows.IMAGE))
+    pair.to_node(objects.offer())
+    pair.to_master(ImageRequest(ObjectKind.IMAGE))
+    data = pair.master.send(pair.master.image_data()) + objects.image[:7777]
+    events = merge_raw(pair.bytes_to_node(data))
+    assert events == [ImageData(ObjectKind.IMAGE, 0, len(objects.image)), RawBytes(objects.image[:7777])]
+    assert pair.node.state is State.RAW and pair.node.raw_remaining == len(objects.image) - 7777
+    assert pair.node.timeout == P.TIMEOUTS[State.RAW]
+    pair.node.receive_data(b"")
+    with pytest.raises(RemoteProtocolError) as info:
+        pair.node.next_event()
+    assert info.value.code is ErrorCode.CONNECTION_LOST and "RAW" in info.value.message
+    # second session: same offer, the node asks for the rest
+    again = Pair(11, "small")
+    again.objects = objects
+    again.hello()
+    again.to_node(Assign("n1", "v", Follows.IMAGE))
+    assert again.to_node(objects.offer()) == [objects.offer()]
+    rest = again.fetch(ObjectKind.IMAGE, 7777)
+    assert objects.image[:7777] + rest == objects.image
+
+
+def test_anytime_messages_in_every_state():
+    pair = Pair(12, "small")
+    objects = pair.objects = make_objects(pair.rng)
+
+    def chatter():
+        for sender, receiver in ((pair.node, pair.master), (pair.master, pair.node)):
+            if sender is pair.master and pair.master.raw_remaining:
+                continue
+            state = sender.state
+            sent = [Log(f"in {state.name}", 5), Ping(7), Pong(7)]
+            data = b"".join(sender.send(e) for e in sent)
+            assert deliver(receiver, data, pair.rng, "small") == sent
+            assert sender.state is state
+
+    pair.hello()
+    chatter()
+    pair.to_node(Assign("n1", "v", Follows.SCRIPT | Follows.IMAGE))
+    chatter()
+    pair.to_node(Script(b"true"))
+    chatter()
+    pair.to_master(ScriptResult(0))
+    chatter()
+    pair.to_node(objects.offer())
+    chatter()
+    pair.to_master(ImageRequest(ObjectKind.KERNEL))
+    chatter()
+    header = pair.master.image_data()
+    events = pair.bytes_to_node(pair.master.send(header) + pair.master.send(RawBytes(objects.kernel[:10])))
+    assert pair.node.state is pair.master.state is State.RAW
+    chatter()  # the node may talk while raw bytes flow; the master only after them
+    with pytest.raises(LocalProtocolError):
+        pair.master.send(Pong(7))
+    events += pair.bytes_to_node(pair.master.send(RawBytes(objects.kernel[10:])) + pair.master.send(Pong(8)))
+    assert merge_raw(events) == [header, RawBytes(objects.kernel), Pong(8)]
+    chatter()
+    pair.to_master(Bye())
+
+
+def test_turns_and_timeouts():
+    pair = Pair(13, "whole", node_key=KEY, master_key=KEY)
+    node, master = pair.node, pair.master
+    assert node.state is master.state is State.HELLO
+    assert node.our_turn and node.timeout is None and node.waiting_for == frozenset()
+    assert master.waiting_for == {MessageType.HELLO} and master.timeout == P.TIMEOUTS[State.HELLO]
+    pair.hello()
+    assert node.waiting_for == {MessageType.AUTH_CHALLENGE, MessageType.ASSIGN, MessageType.WAIT}
+    assert node.timeout == P.timeout_for_state(State.ANSWER) == 60.0
+    assert node.deadline(1000.0) == 1060.0 and master.deadline(1000.0) is None
+    pair.to_node(master.challenge())
+    assert master.waiting_for == {MessageType.AUTH_RESPONSE} and node.our_turn
+    pair.to_master(node.auth_response())
+    pair.to_node(Assign("n1", "v", Follows.SCRIPT))
+    pair.to_node(Script(b"sleep 100"))
+    assert master.timeout == P.TIMEOUTS[State.SCRIPT_RESULT] and node.timeout is None
+    pair.to_master(ScriptResult(0))
+    assert master.waiting_for == {MessageType.BYE}
+    pair.to_master(Bye())
+    assert master.timeout is None and master.waiting_for == frozenset() and not master.our_turn
+    assert P.timeout_for_state(State.DONE) is None
+    assert set(P.TIMEOUTS) == set(State) - {State.DONE, State.FAILED}
+
+
+def test_sendfile_accounting():
+    pair = Pair(14, "whole")
+    objects = pair.objects = make_objects(pair.rng)
+    pair.hello()
+    pair.to_node(Assign("n1", "v", Follows.IMAGE))
+    pair.to_node(objects.offer())
+    pair.to_master(ImageRequest(ObjectKind.OVERLAY, 7))
+    assert pair.master.pending_request == (ObjectKind.OVERLAY, 7, len(objects.overlay) - 7)
+    with pytest.raises(LocalProtocolError):
+        pair.master.raw_sent(1)  # nothing announced yet
+    with pytest.raises(LocalProtocolError):  # an IMAGE_DATA must answer the request exactly
+        pair.master.send(ImageData(ObjectKind.OVERLAY, 7, 5))
+    pair.master.send(pair.master.image_data())
+    assert pair.master.raw_remaining == len(objects.overlay) - 7
+    with pytest.raises(LocalProtocolError) as info:
+        pair.master.raw_sent(len(objects.overlay))
+    assert info.value.code is ErrorCode.BAD_RANGE
+    pair.master.raw_sent(100)
+    with pytest.raises(LocalProtocolError):
+        pair.master.send(Log("mid-stream"))
+    with pytest.raises(LocalProtocolError):
+        pair.node.send(RawBytes(b"x"))
+    # an ERROR cannot be framed inside raw bytes: it is dropped and the session fails
+    assert pair.master.send(Error(ErrorCode.INTERNAL, "disk went away")) == b""
+    assert pair.master.state is State.FAILED
+
+
+def test_version_negotiation():
+    pair = Pair(15, "whole")
+    hello = Hello(MAC, "init", versions=(1, 2, 3))
+    pair.to_master(hello)
+    assert pair.master.version == 1
+    with pytest.raises(LocalProtocolError) as info:
+        NodeConnection().send(Hello(MAC, "init", versions=(2,)))
+    assert info.value.code is ErrorCode.UNSUPPORTED_VERSION
+
+
+def test_roles():
+    assert NodeConnection.role is Role.NODE and MasterConnection.role is Role.MASTER
+    with pytest.raises(ValueError):
+        MasterConnection(auth_required=True)
+    with pytest.raises(ValueError):
+        NodeConnection(site_key=b"short")
+    assert P.check_site_key(KEY) == KEY
+
+
+# --- the worked example in docs/protocol.md ---
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "protocol.md"
+
+
+def example_hello() -> Hello:
+    return Hello(
+        nodeid="52:54:00:12:34:56",
+        state="init",
+        node_nonce=bytes(range(32)),
+        interfaces=(Interface("eth0", "52:54:00:12:34:56"),),
+        cpus=4,
+        memory=8 << 30,
+        smbios_uuid="4c4c4544-0042-3510-8052-b4c04f384d32",
+        serial="CZ1234567",
+        asset_tag="R7U12",
+    )
+
+
+def hexdump(data: bytes) -> str:
+    return "\n".join(
+        f"{i:04x}  " + " ".join(data[j : j + 1].hex() for j in range(i, min(i + 16, len(data))))
+        for i in range(0, len(data), 16)
+    )
+
+
+def test_docs_worked_example_is_what_the_code_sends():
+    frame = NodeConnection().send(example_hello())
+    text = DOC.read_text()
+    match = re.search(r"<!-- hello-hexdump -->\n```\n(.*?)\n```", text, re.S)
+    assert match, "docs/protocol.md lost its HELLO hex dump"
+    assert match.group(1) == hexdump(frame)
+    assert f"{len(frame)} bytes" in text
+
+
+def test_imports_only_what_stage_one_carries():
+    """stage1/ is frozen into the initramfs: the standard library and construct, nothing else."""
+    code = (
+        "import sys; before = set(sys.modules); import perceus.stage1.protocol; "
+        "print(' '.join(sorted(set(sys.modules) - before)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    tops = {name.split(".")[0] for name in out.split()}
+    assert tops - set(sys.stdlib_module_names) <= {"construct", "perceus"}
+    assert {n for n in out.split() if n.startswith("perceus.")} == {
+        "perceus.stage1",
+        "perceus.stage1.protocol",
+    }
