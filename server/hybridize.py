@@ -37,12 +37,11 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from perceus.imagefmt.tree import resolve_in_root
+from perceus.server import listfile
 from perceus.server.errors import PerceusError
 from perceus.server.fsutil import fsync_dir
 from perceus.server.paths import DEFAULT_STATEDIR
 
-MAX_FILE_BYTES = 1 << 20  # a hybridize file is a short list; anything bigger is a mistake
-MAX_ENTRY = 4096  # PATH_MAX
 NFS_OPTIONS = "ro,nolock,soft"
 _MAGIC = frozenset("*?[")
 _OCTAL = frozenset("01234567")
@@ -79,17 +78,9 @@ def parse_hybridize(text: str, source: str, *, statedirs: Iterable[str] = ()) ->
     directory (``/var/lib/perceus`` always, plus ``statedirs``: the master's and the
     nodes' mount point) are refused with ``source:line``, as is ``/etc/fstab``.
     """
-    if len(text) > MAX_FILE_BYTES:
-        raise PerceusError(f"hybridize file is larger than {MAX_FILE_BYTES} bytes", source)
     protected = sorted({_normal(str(d)) for d in (DEFAULT_STATEDIR, *statedirs) if str(d).startswith("/")})
     entries: list[str] = []
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        where = f"{source}:{number}"
-        if len(line) > MAX_ENTRY or any(ord(ch) < 32 or ord(ch) == 127 for ch in line):
-            raise PerceusError(f"not a path: {line[:60]!r}", where)
+    for line, where in listfile.entries(text, source, "a path"):
         if not line.startswith("/"):
             raise PerceusError(f"hybridize entries are absolute paths inside the VNFS: {line!r}", where)
         if ".." in line.split("/"):

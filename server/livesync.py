@@ -37,12 +37,11 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import NamedTuple
 
+from perceus.server import listfile
 from perceus.server.db import Node
 from perceus.server.errors import PerceusError, UsageError
 from perceus.server.paths import DEFAULT_STATEDIR
 
-MAX_FILE_BYTES = 1 << 20
-MAX_ENTRY = 4096
 # Never synchronised, whatever the skip list says: kernel, runtime and state trees.
 ALWAYS_EXCLUDED = ("/proc", "/sys", "/dev", "/run", "/tmp")
 # ssh defaults; options the caller passes come first and win (ssh keeps the first value).
@@ -71,16 +70,8 @@ def parse_skip(text: str, source: str) -> list[str]:
     patterns, so characters rsync would read as filter-rule syntax (a lone ``!``, a
     ``+ ``/``- `` prefix) and control characters are refused with ``source:line``.
     """
-    if len(text) > MAX_FILE_BYTES:
-        raise PerceusError(f"livesync.skip is larger than {MAX_FILE_BYTES} bytes", source)
     entries: list[str] = []
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        where = f"{source}:{number}"
-        if len(line) > MAX_ENTRY or any(ord(ch) < 32 or ord(ch) == 127 for ch in line):
-            raise PerceusError(f"not a file name or path: {line[:60]!r}", where)
+    for line, where in listfile.entries(text, source, "a file name or path"):
         if line == "!" or line[:2] in ("+ ", "- ") or line.startswith(("+,", "-,")):
             raise PerceusError(f"filter rules are not allowed, list names or paths: {line!r}", where)
         if line.strip("/") == "":

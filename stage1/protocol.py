@@ -497,28 +497,12 @@ def _colon_hex(raw: bytes) -> str:
     return ":".join(f"{b:02X}" for b in raw)
 
 
-class _Mac(cs.Adapter):
-    """A 6-byte Ethernet MAC on the wire, ``AA:BB:CC:DD:EE:FF`` (uppercase) in the event."""
+class _ColonHex(cs.Adapter):
+    """Bytes on the wire, uppercase colon hex in the event: MACs and other hardware addresses."""
 
-    def __init__(self, what: str) -> None:
-        super().__init__(cs.Bytes(6))
-        self.what = what
-
-    def _decode(self, obj, context, path):
-        return _colon_hex(obj)
-
-    def _encode(self, obj, context, path):
-        if not isinstance(obj, str) or not _MAC_RE.fullmatch(obj):
-            raise _Invalid(f"{self.what} {_short(obj)} is not a MAC address AA:BB:CC:DD:EE:FF")
-        return bytes.fromhex(obj.replace(":", ""))
-
-
-class _HwAddr(cs.Adapter):
-    """A hardware address of 0-32 bytes behind a u8 length, colon hex in the event."""
-
-    def __init__(self, what: str) -> None:
-        super().__init__(cs.Prefixed(cs.Int8ub, cs.GreedyBytes))
-        self.what = what
+    def __init__(self, subcon: cs.Construct, pattern: re.Pattern, expected: str, what: str) -> None:
+        super().__init__(subcon)
+        self.pattern, self.expected, self.what = pattern, expected, what
 
     def _decode(self, obj, context, path):
         if len(obj) > MAX_HWADDR:
@@ -526,9 +510,20 @@ class _HwAddr(cs.Adapter):
         return _colon_hex(obj)
 
     def _encode(self, obj, context, path):
-        if not isinstance(obj, str) or not _HWADDR_RE.fullmatch(obj):
-            raise _Invalid(f"{self.what} {_short(obj)} is not a hardware address (hex octets joined by :)")
+        if not isinstance(obj, str) or not self.pattern.fullmatch(obj):
+            raise _Invalid(f"{self.what} {_short(obj)} is not {self.expected}")
         return bytes.fromhex(obj.replace(":", ""))
+
+
+def _Mac(what: str) -> _ColonHex:  # noqa: N802 - reads like the other field types
+    """A 6-byte Ethernet MAC on the wire, ``AA:BB:CC:DD:EE:FF`` (uppercase) in the event."""
+    return _ColonHex(cs.Bytes(6), _MAC_RE, "a MAC address AA:BB:CC:DD:EE:FF", what)
+
+
+def _HwAddr(what: str) -> _ColonHex:  # noqa: N802
+    """A hardware address of 0-32 bytes behind a u8 length."""
+    expected = "a hardware address (hex octets joined by :)"
+    return _ColonHex(cs.Prefixed(cs.Int8ub, cs.GreedyBytes), _HWADDR_RE, expected, what)
 
 
 class _Uuid(cs.Adapter):
