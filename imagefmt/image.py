@@ -39,7 +39,7 @@ import tempfile
 import threading
 import zlib
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +56,7 @@ __all__ = [
     "Chunk",
     "ImageError",
     "PackResult",
+    "archive_directories",
     "build_archive",
     "extract",
     "iter_frames",
@@ -551,38 +552,132 @@ def pack_tree(
     return PackResult(chunks, sum(c.usize for c in chunks), pos, planner.entries)
 
 
-def build_archive(files: Mapping[str, tuple[bytes, int]], *, level: int = 3) -> bytes:
+def _archive_entry(key: str, data: bytes, mode: int) -> tuple[int, bytes]:
+    """The cpio mode and data of one build_archive entry: a file, a directory or a symlink."""
+    if not isinstance(mode, int) or isinstance(mode, bool) or mode < 0:
+        raise ImageError(f"build_archive: {key}: mode {mode!r} is not an integer")
+    kind = stat.S_IFMT(mode) or stat.S_IFREG
+    if mode & ~0o7777 and kind not in (stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK):
+        raise ImageError(
+            f"build_archive: {key}: mode {mode!r} is not a regular file's, a directory's or a symlink's"
+        )
+    data = bytes(data)
+    if kind == stat.S_IFDIR and data:
+        raise ImageError(f"build_archive: {key}: a directory has no data")
+    if kind == stat.S_IFLNK:
+        if not data or len(data) > MAX_SYMLINK_TARGET or b"\0" in data:
+            raise ImageError(f"build_archive: {key}: bad symlink target {_short(data)}")
+        return _S_IFLNK_777, data
+    return kind | stat.S_IMODE(mode), data
+
+
+def build_archive(
+    files: Mapping[str, tuple[bytes, int]], *, level: int = 3, existing_dirs: Collection[str] = ()
+) -> bytes:
     """One zstd frame holding one cpio newc archive of ``files`` (relpath -> (data, mode)),
-    with their parent directories (0755 root:root); for per-node overlays appended after
-    an image. Files are root:root with mtime 0, so the same input gives the same bytes."""
+    for per-node overlays appended after an image.
+
+    A mode without file type bits, or with S_IFREG, is a regular file; S_IFDIR a directory
+    (data empty) with that mode; S_IFLNK a symlink whose data is its target. Parent
+    directories not given are added 0755, except those in ``existing_dirs`` (relative
+    paths the image already has): unpacking an entry for an existing directory would
+    reset its mode, so ``/root`` would lose its 0700. Everything is root:root with mtime
+    0, so the same input gives the same bytes."""
+    have = {_norm_rel(d, "build_archive existing directory") for d in existing_dirs}
     archive = bytearray()
     made: set[bytes] = set()  # directories
-    written: set[bytes] = set()  # files
+    written: set[bytes] = set()  # files and symlinks
     ino = 0
     for key in sorted(files, key=lambda k: _norm_rel(k, "build_archive")):
         rel = _norm_rel(key, "build_archive")
         data, mode = files[key]
-        if not isinstance(mode, int) or (mode & ~0o7777 and stat.S_IFMT(mode) != stat.S_IFREG):
-            raise ImageError(f"build_archive: {key}: mode {mode!r} is not a regular file's")
+        cpio_mode, data = _archive_entry(key, data, mode)
         parts = rel.split(b"/")
         for i in range(1, len(parts)):
             parent = b"/".join(parts[:i])
             if parent in written:
                 raise ImageError(f"build_archive: {os.fsdecode(parent)} is also a parent directory")
-            if parent not in made:
+            if parent not in made and parent not in have:
                 made.add(parent)
                 ino += 1
                 cpio.write_entry(archive, parent, mode=_DIR_MODE, ino=ino, nlink=2)
         if rel in made or rel in written:
             raise ImageError(f"build_archive: {key} is also a parent directory or given twice")
-        written.add(rel)
         ino += 1
+        if stat.S_ISDIR(cpio_mode):
+            made.add(rel)
+            nlink = 2
+        else:
+            written.add(rel)
+            nlink = 1
         try:
-            cpio.write_entry(archive, rel, mode=stat.S_IFREG | stat.S_IMODE(mode), ino=ino, data=bytes(data))
+            cpio.write_entry(archive, rel, mode=cpio_mode, ino=ino, nlink=nlink, data=data)
         except cpio.CpioError as exc:
             raise ImageError(f"build_archive: {exc}") from None
     cpio.write_trailer(archive)
     return zstandard.ZstdCompressor(compression_params=_params(level)).compress(bytes(archive))
+
+
+def archive_directories(src: BinaryIO, chunks: Sequence[Chunk], *, base: int = 0) -> frozenset[str]:
+    """The directories an image holds (relative paths, "." excluded), from its cpio headers.
+
+    Each frame is decompressed as a stream and file data skipped, so memory stays at one
+    read piece; sha256s are not checked (the image is the master's own)."""
+    found: set[str] = set()
+    dctx = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW)
+    for i, c in enumerate(_check_table(chunks)):
+        src.seek(base + c.offset)
+        reader = dctx.stream_reader(_Limited(src, c.csize), read_across_frames=False, closefd=False)
+        try:
+            while True:
+                head = _read_full(reader, cpio.HEADER_SIZE)
+                if len(head) != cpio.HEADER_SIZE:
+                    raise ImageError(f"chunk {i}: truncated cpio archive")
+                h = cpio.parse_header(head)
+                namesize = h["namesize"]
+                raw = _read_full(reader, namesize + cpio.pad4(cpio.HEADER_SIZE + namesize))
+                name = raw[: namesize - 1]
+                if name == cpio.TRAILER:
+                    break
+                _skip(reader, h["filesize"] + cpio.pad4(h["filesize"]))
+                if stat.S_ISDIR(h["mode"]):
+                    parts = [p for p in os.fsdecode(name).split("/") if p and p != "."]
+                    if parts:
+                        found.add("/".join(parts))
+        except (cpio.CpioError, zstandard.ZstdError) as exc:
+            raise ImageError(f"chunk {i}: {exc}") from None
+    return frozenset(found)
+
+
+class _Limited:
+    """A read-only view of the next ``size`` bytes of ``src``."""
+
+    def __init__(self, src: BinaryIO, size: int) -> None:
+        self.src, self.left = src, size
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.left if n < 0 else min(n, self.left)
+        data = self.src.read(n) if n else b""
+        self.left -= len(data)
+        return data
+
+
+def _read_full(reader, n: int) -> bytes:
+    out = bytearray()
+    while len(out) < n:
+        piece = reader.read(n - len(out))
+        if not piece:
+            break
+        out += piece
+    return bytes(out)
+
+
+def _skip(reader, n: int) -> None:
+    while n > 0:
+        piece = reader.read(min(n, READ_PIECE))
+        if not piece:
+            raise ImageError("truncated cpio archive")
+        n -= len(piece)
 
 
 # --------------------------------------------------------------------------- reading

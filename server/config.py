@@ -44,6 +44,15 @@ def _one_of(*choices: str) -> Callable[[str], str | None]:
     return check
 
 
+def _integer_range(minimum: int, maximum: int) -> Callable[[str], str | None]:
+    def check(value: str) -> str | None:
+        if not re.fullmatch(r"\d+", value) or not minimum <= int(value) <= maximum:
+            return f"expected a whole number from {minimum} to {maximum}, got {value!r}"
+        return None
+
+    return check
+
+
 def _node_name(value: str) -> str | None:
     if not re.fullmatch(r"[A-Za-z0-9._-]*#+[A-Za-z0-9._-]*", value):
         return f"expected a name with one run of '#' digits such as n####, got {value!r}"
@@ -76,6 +85,31 @@ PERCEUS_KEYS = (
         "600",
         "Seconds without a check-in after which a node shows as timed out.",
         _integer(1),
+    ),
+    Key(
+        "perceusd port",
+        "987",
+        "TCP port perceusd answers booting nodes on (perceusd --port overrides it).",
+        _integer_range(1, 65535),
+    ),
+    Key(
+        "node auth",
+        "optional",
+        "required: only nodes holding the site key ($SYSCONFDIR/site.key) are served; "
+        "optional: nodes without it are served too, but get no secret modules or SSH host keys.",
+        _one_of("optional", "required"),
+    ),
+    Key(
+        "node retry",
+        "30",
+        "Seconds a disabled node, or one without a VNFS, waits before checking in again.",
+        _integer_range(1, 86400),
+    ),
+    Key(
+        "provisiond interval",
+        "300",
+        "Seconds between provisiond's ready check-ins on running nodes.",
+        _integer_range(1, 86400),
     ),
     Key("controlport bind address", "127.0.0.1", "Address of perceusd's local control port."),
     Key("controlport allow address", "127.0.0.1", "Addresses allowed to use the control port."),

@@ -49,6 +49,11 @@ not stop the rest, and a part that must stop provisioning says ``exit 1`` (which
 parts being one script, ends the whole nodescript). Adding ``set -e`` would change the
 meaning of scripts sites already have.
 
+perceusd passes ``destdir`` (a per-session staging directory: master-side parts see it as
+DESTDIR, with PERCEUS_SYSCONFDIR, and what they leave there becomes the node's overlay),
+``skip`` (parts to leave out: secret modules for unauthenticated nodes) and ``extra_env``
+(more variables for master-side parts). None of these is exported to the node.
+
 ``assemble_async`` does the work (perceusd is asyncio); ``assemble`` runs it to completion
 for synchronous callers and must not be called from inside a running event loop.
 """
@@ -61,14 +66,16 @@ import re
 import shlex
 import signal
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from perceus.server import netinfo
 from perceus.server.config import Settings
 from perceus.server.db.model import Node
 from perceus.server.errors import PerceusError
+from perceus.server.paths import Paths
 
 log = logging.getLogger(__name__)
 
@@ -234,9 +241,19 @@ def collect(layers: Sequence[Path], root: Path) -> list[Path]:
     return [chosen[name] for name in sorted(chosen)]
 
 
-def plan(ctx: NodeContext, nodescripts_dir: Path, vnfs_dir: Path) -> list[Path]:
-    """The parts of this check-in's nodescript, in the order the node runs them."""
-    return collect(layers(nodescripts_dir, vnfs_dir, ctx), ctx.statedir)
+def plan(
+    ctx: NodeContext, nodescripts_dir: Path, vnfs_dir: Path, skip: Callable[[Path], bool] | None = None
+) -> list[Path]:
+    """The parts of this check-in's nodescript, in the order the node runs them.
+
+    ``skip(resolved_path)`` leaves a part out (and it overrides nothing): perceusd uses it
+    to keep secret modules from nodes that did not prove the site key.
+    """
+    parts = collect(layers(nodescripts_dir, vnfs_dir, ctx), ctx.statedir)
+    if skip is None:
+        return parts
+    root = Path(ctx.statedir).resolve()
+    return [path for path in parts if not skip(_inside(path, root))]
 
 
 def _printable(path: Path) -> bytes:
@@ -356,10 +373,9 @@ def _describe_failure(status: int, err: bytes) -> str:
     return f"nodescript {what}" + (f": {' | '.join(lines)}" if lines else "")
 
 
-async def _run_part(path: Path, resolved: Path, ctx: NodeContext, budget: _Budget) -> bytes:
+async def _run_part(path: Path, resolved: Path, env: dict[str, str], budget: _Budget) -> bytes:
     if budget.remaining() <= 0:
         raise budget.timed_out(path)
-    env = ctx.environment()
     try:
         try:
             proc = await _spawn([str(resolved)], resolved.parent, env)
@@ -382,18 +398,47 @@ async def _run_part(path: Path, resolved: Path, ctx: NodeContext, budget: _Budge
     return out
 
 
-async def assemble_async(
+class Assembly(NamedTuple):
+    """An assembled nodescript and the parts it holds (none: the header alone, nothing to run)."""
+
+    script: bytes
+    parts: tuple[Path, ...]
+
+
+def master_environment(
+    ctx: NodeContext, destdir: Path | None = None, extra_env: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """What a master-side part runs with: the node's variables, plus DESTDIR (the node's
+    overlay staging directory) and PERCEUS_SYSCONFDIR when perceusd gives a ``destdir``,
+    plus ``extra_env``. None of these extras is exported to the node."""
+    env = ctx.environment()
+    if destdir is not None:
+        env["DESTDIR"] = str(destdir)
+        env["PERCEUS_SYSCONFDIR"] = str(Paths.from_environment().sysconfdir)
+    for name, value in (extra_env or {}).items():
+        if "\0" in name or "=" in name or not name or "\0" in value:
+            raise PerceusError(f"bad environment variable {name!r}", ctx.nodename or ctx.nodeid)
+        env[name] = value
+    return env
+
+
+async def assemble_parts_async(
     ctx: NodeContext,
     nodescripts_dir: Path,
     vnfs_dir: Path,
     *,
     timeout: float = 30.0,
     max_bytes: int = 4 << 20,
-) -> bytes:
-    """The nodescript for this check-in, built without blocking perceusd's event loop."""
+    destdir: Path | None = None,
+    skip: Callable[[Path], bool] | None = None,
+    extra_env: Mapping[str, str] | None = None,
+) -> Assembly:
+    """:func:`assemble_async`, also saying which parts went in (perceusd announces a SCRIPT
+    only when there is at least one)."""
     budget = _Budget(timeout, max_bytes)
     root = Path(ctx.statedir).resolve()
-    parts = plan(ctx, nodescripts_dir, vnfs_dir)
+    env = master_environment(ctx, destdir, extra_env)
+    parts = plan(ctx, nodescripts_dir, vnfs_dir, skip)
     script = bytearray(header(ctx))
     budget.take(len(script), Path(nodescripts_dir))
     for path in parts:
@@ -402,14 +447,44 @@ async def assemble_async(
         fd, resolved, info = _open_part(path, root)
         if info.st_mode & 0o111:
             os.close(fd)
-            body = await _run_part(path, resolved, ctx, budget)
+            body = await _run_part(path, resolved, env, budget)
         else:
             body = _read_part(fd, path, budget)
         if body and not body.endswith(b"\n"):
             budget.take(1, path)
             body += b"\n"
         script += marker + body
-    return bytes(script)
+    return Assembly(bytes(script), tuple(parts))
+
+
+async def assemble_async(
+    ctx: NodeContext,
+    nodescripts_dir: Path,
+    vnfs_dir: Path,
+    *,
+    timeout: float = 30.0,
+    max_bytes: int = 4 << 20,
+    destdir: Path | None = None,
+    skip: Callable[[Path], bool] | None = None,
+    extra_env: Mapping[str, str] | None = None,
+) -> bytes:
+    """The nodescript for this check-in, built without blocking perceusd's event loop.
+
+    ``destdir``: the session's empty overlay staging directory, DESTDIR to master-side
+    parts (what they leave there reaches the node's root); ``skip(resolved_path)``: parts
+    to leave out; ``extra_env``: more variables for master-side parts only.
+    """
+    assembly = await assemble_parts_async(
+        ctx,
+        nodescripts_dir,
+        vnfs_dir,
+        timeout=timeout,
+        max_bytes=max_bytes,
+        destdir=destdir,
+        skip=skip,
+        extra_env=extra_env,
+    )
+    return assembly.script
 
 
 def assemble(
@@ -419,6 +494,20 @@ def assemble(
     *,
     timeout: float = 30.0,
     max_bytes: int = 4 << 20,
+    destdir: Path | None = None,
+    skip: Callable[[Path], bool] | None = None,
+    extra_env: Mapping[str, str] | None = None,
 ) -> bytes:
     """The nodescript for this check-in, for callers without an event loop (the CLI, tests)."""
-    return asyncio.run(assemble_async(ctx, nodescripts_dir, vnfs_dir, timeout=timeout, max_bytes=max_bytes))
+    return asyncio.run(
+        assemble_async(
+            ctx,
+            nodescripts_dir,
+            vnfs_dir,
+            timeout=timeout,
+            max_bytes=max_bytes,
+            destdir=destdir,
+            skip=skip,
+            extra_env=extra_env,
+        )
+    )

@@ -189,9 +189,23 @@ def show(app: App, nodes: tuple[str, ...], as_json: bool) -> None:
 @node.command()
 @NODES
 @JSON
+@click.option("--watch", is_flag=True, help="Live view from perceusd: phase, bytes sent and rate too.")
+@click.option(
+    "--interval",
+    type=click.FloatRange(0.1, 3600),
+    default=1.0,
+    show_default=True,
+    help="Seconds between refreshes with --watch.",
+)
+@click.option("--count", type=click.IntRange(min=1), help="Stop after this many refreshes (default: never).")
 @pass_app
-def status(app: App, nodes: tuple[str, ...], as_json: bool) -> None:
+def status(
+    app: App, nodes: tuple[str, ...], as_json: bool, watch: bool, interval: float, count: int | None
+) -> None:
     """Status, address and time since last contact; late nodes say 'timed out'."""
+    if watch:
+        listing.watch_status(app, lambda: selected(app, nodes, "node status"), as_json, interval, count)
+        return
     listing.print_status(app, selected(app, nodes, "node status"), as_json)
 
 
