@@ -26,7 +26,7 @@ setup(
     python_requires=">=3.11",
     packages=[f"perceus.{room}" for room in ROOMS],
     package_dir={f"perceus.{room}": room for room in ROOMS},
-    package_data={"perceus.server": ["data/*"]},
+    package_data={"perceus.server": ["data/*", "data/modules/**/*"]},
     ext_modules=EXTENSIONS,
     cffi_modules=["native/syscalls_build.py:ffibuilder"],
     setup_requires=["cffi>=1.16"],
@@ -51,6 +51,8 @@ setup(
             "perceus=perceus.server.cli:main",
             "perceusd=perceus.server.daemon:main",
             "perceus-sim=perceus.bench.sim:main",
+            "perceus-stage1=perceus.stage1.main:main",
+            "provisiond=perceus.stage1.main:main",
         ],
     },
 )
