@@ -23,6 +23,7 @@ COMMANDS = {
     "node": "perceus.server.cli.node:node",
     "group": "perceus.server.cli.group:group",
     "vnfs": "perceus.server.cli.vnfs:vnfs",
+    "module": "perceus.server.cli.module:module",
     "capsule": "perceus.server.cli.capsule:capsule_group",
     "info": "perceus.server.cli.info:info",
     "init": "perceus.server.cli.init:init",

@@ -17,6 +17,7 @@ from perceus.server.config import DEFAULTS_KEYS, PERCEUS_KEYS, Settings, parse, 
 from perceus.server.db import open_database
 from perceus.server.errors import PerceusError
 from perceus.server.fsutil import atomic_write
+from perceus.server.modules import ModuleStore
 
 HOST_KEY_TYPES = ("rsa", "ecdsa", "ed25519")
 STATE_DIRS = ("database", "vnfs", "modules", "nodescripts/init/all", "nodescripts/ready/all", "ssh")
@@ -127,6 +128,8 @@ def init(app: App, master_device, transfer_master, node_name, group_name, first_
         if _keygen(key, kind, "perceus capsule host key"):
             app.info(f"Created SSH host key {key}")
     _root_ssh_key(app)
+    for name in ModuleStore(paths).install_builtins():
+        app.info(f"Installed module '{name}' (activate it with: perceus module activate {name})")
     _link(paths.sysconfdir / "vnfs", paths.vnfs_dir)
     _link(paths.sysconfdir / "nodescripts", paths.nodescripts_dir)
     app.info("Perceus is initialised.")
