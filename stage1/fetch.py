@@ -1,16 +1,28 @@
 """Downloading the image, overlay and kernel with verification as the bytes arrive.
 
 Every chunk of the image is hashed as it streams in and checked against the offer's chunk
-table; each object's sha256 is checked as a whole. The overlay and the kernel have no chunk
-table: each is one chunk, its sha256 the object's. Progress survives a lost connection: a new
-session resumes from the last verified chunk boundary when the new offer describes the same
-object (same size and sha256). Bytes go to a :class:`Sink`: a file (at any base offset, so
-stage one can lay image and overlay out as one initrd) or nowhere (benchmarks).
+table: the image's integrity rests on that table (the sum of the chunk sizes is the image
+size, checked by the protocol), so the image is hashed once, chunk by chunk, never a second
+time as a whole. The overlay and the kernel have no chunk table: each is one chunk, its
+sha256 the object's. Progress survives a lost connection: a new session resumes from the
+last verified chunk boundary when the new offer describes the same object (same size,
+sha256 and chunk table). Bytes go to a :class:`Sink`: a file (at any base offset, so stage
+one can lay image and overlay out as one initrd) or nowhere (benchmarks).
+
+Hashing is the node's main cost, and a chunk table lets it run beside the receiving: with
+an executor (:func:`hash_executor`), each object's bytes are hashed and written in order
+on a worker thread (hashlib and pwrite release the GIL), so the event loop only moves
+bytes and one node uses two cores where a whole-file checksum would be stuck on one. A
+lane pauses the socket while more than :data:`LANE_HIGH` bytes wait to be hashed.
 """
 
+import asyncio
 import hashlib
 import os
+import threading
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -26,10 +38,25 @@ __all__ = [
     "ObjectFetch",
     "Sink",
     "SinkFactory",
+    "hash_executor",
 ]
 
 KINDS = (ObjectKind.IMAGE, ObjectKind.OVERLAY, ObjectKind.KERNEL)
 MAX_CHECKSUM_FAILURES = 3  # per object and session, then the session fails
+LANE_HIGH = 4 << 20  # bytes waiting to be hashed before the socket is paused
+LANE_LOW = 1 << 20  # ... and resumed
+
+_executor: ThreadPoolExecutor | None = None
+_executor_lock = threading.Lock()
+
+
+def hash_executor() -> ThreadPoolExecutor:
+    """The process's hashing threads, one per core (made on first use)."""
+    global _executor
+    with _executor_lock:
+        if _executor is None:
+            _executor = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="perceus-hash")
+        return _executor
 
 
 class ChecksumError(Exception):
@@ -96,10 +123,17 @@ def _chunks_of(offer: ImageOffer, kind: ObjectKind) -> tuple[ChunkEntry, ...]:
     return (ChunkEntry(0, size, size, offer.sha256_of(kind)),) if size else ()
 
 
+def _chunk_at(chunks: tuple[ChunkEntry, ...], offset: int) -> int:
+    """The index of the chunk starting at ``offset`` (len(chunks) at the end)."""
+    return next((i for i, c in enumerate(chunks) if c.offset == offset), len(chunks))
+
+
 class ObjectFetch:
     """One object's progress: bytes verified so far (a chunk boundary) and the running hashes."""
 
-    def __init__(self, kind: ObjectKind, offer: ImageOffer, sink: Sink) -> None:
+    def __init__(
+        self, kind: ObjectKind, offer: ImageOffer, sink: Sink, lanes: Executor | None = None
+    ) -> None:
         self.kind = kind
         self.size = offer.size_of(kind)
         self.sha256 = offer.sha256_of(kind)
@@ -109,10 +143,9 @@ class ObjectFetch:
         self.received = 0  # every byte that arrived, good or not
         self.failures = 0  # checksum failures in the current session
         self.last_error = ""
-        # Whole-object hash: only worth a second pass when there is more than one chunk.
-        self._whole_needed = len(self.chunks) > 1
         self._idx = 0
-        self._whole_good = hashlib.sha256()
+        self._lanes = lanes
+        self._verifier: _Verifier | None = None
         self._reset_transfer()
 
     def matches(self, offer: ImageOffer) -> bool:
@@ -130,18 +163,50 @@ class ObjectFetch:
     def _reset_transfer(self) -> None:
         self._pos = self.good
         self._chunk = hashlib.sha256()
-        self._whole = self._whole_good.copy() if self._whole_needed else None
         self._skipping = False
 
-    def begin(self) -> int:
-        """Start a transfer; returns the offset to request from (the last good chunk boundary)."""
+    def begin(self, flow: "_Flow | None" = None) -> int:
+        """Start a transfer; returns the offset to request from (the last good chunk boundary).
+
+        ``flow`` (the transport) is paused while the hashing threads lag behind the socket."""
         self._reset_transfer()
+        if self._lanes is not None:
+            self._idx = _chunk_at(self.chunks, self.good)
+            self._verifier = _Verifier(self._lanes, self, flow)
         return self.good
 
+    async def quiesce(self) -> None:
+        """Wait for bytes of an earlier (perhaps broken) transfer still being hashed, keeping the
+        chunks it verified; call before begin."""
+        verifier = self._verifier
+        if verifier is not None:
+            await verifier.idle()
+            self.good, _ = verifier.verified_prefix(self.good)
+
     def feed(self, data: bytes) -> None:
-        """Bytes of the current transfer, in order; verifies each chunk as its last byte arrives."""
+        """Bytes of the current transfer, in order; verifies each chunk as its last byte arrives
+        (on the hashing threads when there are some: then call :meth:`settle` before reading results)."""
+        self.received += len(data)
+        if self._verifier is not None:
+            self._verifier.feed(data)
+        else:
+            self._consume(data)
+
+    async def settle(self) -> bool:
+        """Wait until every byte fed is verified; then as :meth:`end` (raises ChecksumError)."""
+        verifier = self._verifier
+        if verifier is not None:
+            await verifier.idle()
+            self.good, bad = verifier.verified_prefix(self.good)
+            if verifier.error is not None:
+                raise verifier.error
+            if bad is not None:
+                chunk = self.chunks[bad]
+                self._bad(f"chunk {bad} ({chunk.csize} bytes at {chunk.offset}) fails its sha256")
+        return self.end()
+
+    def _consume(self, data: bytes) -> None:
         n = len(data)
-        self.received += n
         if self._skipping or not n:
             self._pos += n
             return
@@ -150,15 +215,13 @@ class ObjectFetch:
             raise ChecksumError(f"{self.kind.name}: more bytes than the offer's {self.size}")
         self.sink.write(self._pos, mv)
         start = 0
-        chunk_hash, whole = self._chunk, self._whole
+        chunk_hash = self._chunk
         while start < n:
             chunk = self.chunks[self._idx]
             end = chunk.offset + chunk.csize
             take = min(n - start, end - self._pos)
             piece = mv[start : start + take] if take != n else mv
             chunk_hash.update(piece)
-            if whole is not None:
-                whole.update(piece)
             self._pos += take
             start += take
             if self._pos == end:
@@ -166,19 +229,9 @@ class ObjectFetch:
                     self._bad(f"chunk {self._idx} ({chunk.csize} bytes at {chunk.offset}) fails its sha256")
                     self._pos += n - start
                     return
-                self._chunk_done(end)
-                chunk_hash, whole = self._chunk, self._whole
-
-    def _chunk_done(self, end: int) -> None:
-        self._idx += 1
-        self.good = end
-        self._chunk = hashlib.sha256()
-        if self._whole is not None:
-            self._whole_good = self._whole.copy()
-        if end == self.size and self._whole is not None and self._whole.hexdigest() != self.sha256:
-            # Every chunk matched its table entry, but the table does not add up to the object.
-            self.good, self._idx, self._whole_good = 0, 0, hashlib.sha256()
-            self._bad(f"the whole {self.kind.name.lower()} fails its sha256 {self.sha256[:16]}...")
+                self._idx += 1
+                self.good = end
+                self._chunk = chunk_hash = hashlib.sha256()
 
     def _bad(self, message: str) -> None:
         self.failures += 1
@@ -188,8 +241,176 @@ class ObjectFetch:
             raise ChecksumError(f"{self.last_error} ({self.failures} times)")
 
     def end(self) -> bool:
-        """The transfer's raw bytes are all in; True if it left a chunk to fetch again."""
+        """The transfer's raw bytes are all in (and verified); True if it left a chunk to fetch again."""
         return self._skipping
+
+
+class _Flow(Protocol):
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
+class _Verifier:
+    """One transfer's chunks verified on worker threads.
+
+    The event loop cuts the bytes at chunk boundaries and queues each piece on its chunk's
+    lane. A lane is drained by one job at a time (hash, then write to the sink, in order);
+    different chunks' lanes run on different threads at once. ``flow`` is paused while more
+    than LANE_HIGH bytes wait and resumed below LANE_LOW, which bounds memory per node.
+    """
+
+    def __init__(self, executor: Executor, fetch: "ObjectFetch", flow: _Flow | None) -> None:
+        self.executor = executor
+        self.chunks = fetch.chunks
+        self.sink = fetch.sink
+        self.size = fetch.size
+        self.kind = fetch.kind
+        self.flow = flow
+        self.loop = asyncio.get_running_loop()
+        self.lock = threading.Lock()
+        self.backlog = 0  # bytes queued, not yet hashed
+        self.running = 0  # drain jobs submitted or running
+        self.paused = False
+        self.waiter: asyncio.Future | None = None
+        self.verdicts: dict[int, bool] = {}
+        self.error: ChecksumError | None = None
+        self.pos = fetch.good
+        self.idx = fetch._idx
+        self.lane: _ChunkLane | None = None
+
+    def feed(self, data: bytes) -> None:
+        """Loop thread: queue ``data`` on the lanes of the chunks it belongs to."""
+        n = len(data)
+        if self.error is not None or not n:
+            return
+        if self.pos + n > self.size:
+            self.error = ChecksumError(f"{self.kind.name}: more bytes than the offer's {self.size}")
+            return
+        mv = memoryview(data)
+        start = 0
+        while start < n:
+            chunk = self.chunks[self.idx]
+            if self.lane is None:
+                self.lane = _ChunkLane(self, self.idx, chunk.sha256)
+            end = chunk.offset + chunk.csize
+            take = min(n - start, end - self.pos)
+            self.lane.put(self.pos, mv[start : start + take] if take != n else mv)
+            self.pos += take
+            start += take
+            if self.pos == end:
+                self.lane.close()
+                self.lane = None
+                self.idx += 1
+
+    def queued(self, count: int, submit: "_ChunkLane | None") -> None:
+        with self.lock:
+            self.backlog += count
+            if submit is not None:
+                self.running += 1
+            pause = self.backlog > LANE_HIGH and self.flow is not None and not self.paused
+            if pause:
+                self.paused = True
+        if pause:
+            self.flow.pause_reading()  # type: ignore[union-attr]
+        if submit is not None:
+            self.executor.submit(submit.drain)
+
+    def hashed(self, count: int) -> None:
+        """Worker thread: ``count`` bytes are done."""
+        with self.lock:
+            self.backlog -= count
+            resume = self.paused and self.backlog < LANE_LOW
+            if resume:
+                self.paused = False
+        if resume:
+            self._call(self._resume)
+
+    def drained(self, idx: int | None, verdict: bool) -> None:
+        """Worker thread: a drain job ended (with a chunk's verdict when ``idx`` is set)."""
+        with self.lock:
+            if idx is not None:
+                self.verdicts[idx] = verdict
+            self.running -= 1
+            waiter = self.waiter if self.running == 0 else None
+            if waiter is not None:
+                self.waiter = None
+        if waiter is not None:
+            self._call(lambda: waiter.done() or waiter.set_result(None))
+
+    def _call(self, callback: Callable[[], object]) -> None:
+        if not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(callback)
+
+    def _resume(self) -> None:
+        if self.flow is not None:
+            self.flow.resume_reading()
+
+    async def idle(self) -> None:
+        """Return once every byte fed so far has been hashed."""
+        with self.lock:
+            if self.running == 0:
+                return
+            if self.waiter is None:
+                self.waiter = self.loop.create_future()
+            waiter = self.waiter
+        await waiter
+
+    def verified_prefix(self, good: int) -> tuple[int, int | None]:
+        """(end of the verified chunks from ``good`` on, the first failed chunk or None)."""
+        idx = _chunk_at(self.chunks, good)
+        while self.verdicts.get(idx):
+            good = self.chunks[idx].offset + self.chunks[idx].csize
+            idx += 1
+        return good, idx if self.verdicts.get(idx) is False else None
+
+
+class _ChunkLane:
+    """One chunk's bytes, hashed and written in order by one drain job at a time."""
+
+    def __init__(self, verifier: _Verifier, idx: int, sha256: str) -> None:
+        self.verifier = verifier
+        self.idx = idx
+        self.sha256 = sha256
+        self.digest = hashlib.sha256()
+        self.lock = threading.Lock()
+        self.pieces: deque[tuple[int, memoryview]] = deque()
+        self.active = False
+        self.closed = False
+
+    def put(self, offset: int, data: memoryview) -> None:
+        with self.lock:
+            self.pieces.append((offset, data))
+            submit = not self.active
+            self.active = True
+        self.verifier.queued(len(data), self if submit else None)
+
+    def close(self) -> None:
+        """The chunk's last byte is queued: the drain that empties the lane gives the verdict."""
+        with self.lock:
+            self.closed = True
+            submit = not self.active
+            self.active = True
+        if submit:
+            self.verifier.queued(0, self)
+
+    def drain(self) -> None:
+        sink = self.verifier.sink
+        while True:
+            with self.lock:
+                if not self.pieces:
+                    self.active = False
+                    done = self.closed
+                    break
+                offset, data = self.pieces.popleft()
+            self.digest.update(data)
+            try:
+                sink.write(offset, data)
+            except OSError as exc:
+                self.verifier.error = ChecksumError(f"{self.verifier.kind.name}: cannot store: {exc}")
+            self.verifier.hashed(len(data))
+        verdict = done and self.digest.hexdigest() == self.sha256
+        self.verifier.drained(self.idx if done else None, verdict)
 
 
 @dataclass
@@ -197,6 +418,7 @@ class Download:
     """The three objects of one provisioning, kept across sessions for resuming."""
 
     sinks: SinkFactory = discard_sinks
+    lanes: Executor | None = None  # hash on these threads (hash_executor()), else inline
     objects: dict[ObjectKind, ObjectFetch] | None = None
     offer: ImageOffer | None = None
 
@@ -217,7 +439,7 @@ class Download:
                 prev.sink.close()
                 if prev.good:
                     notes.append(f"the {kind.name.lower()} changed on the master: fetching it from the start")
-            objects[kind] = ObjectFetch(kind, offer, self.sinks(kind, offer))
+            objects[kind] = ObjectFetch(kind, offer, self.sinks(kind, offer), self.lanes)
         self.objects, self.offer = objects, offer
         return notes
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from perceus.stage1.boot import assemble_initrd, initrd_sinks, kernel_cmdline, kexec_boot
 from perceus.stage1.cmdline import BootOptions, Master, parse_cmdline
 from perceus.stage1.facts import gather_facts
-from perceus.stage1.fetch import Download
+from perceus.stage1.fetch import Download, hash_executor
 from perceus.stage1.retry import NoMaster, RetryPolicy, Target, check_in_until_done
 from perceus.stage1.scriptrun import ScriptEnv
 from perceus.stage1.session import CheckIn
@@ -110,7 +110,7 @@ async def _provision(options: BootOptions, site_key: bytes | None, policy: Retry
     WORKDIR.mkdir(parents=True, exist_ok=True)
     staging = WORKDIR / "destdir"
     staging.mkdir(exist_ok=True)
-    download = Download(initrd_sinks(WORKDIR))
+    download = Download(initrd_sinks(WORKDIR), hash_executor())
     req = CheckIn(
         state="init",
         facts=facts,

@@ -48,7 +48,7 @@ __all__ = ["CheckIn", "Outcome", "SessionFailed", "check_in"]
 
 log = logging.getLogger("perceus.stage1")
 
-RECV_BUFFER = 256 << 10
+RECV_BUFFER = 1 << 20
 CONNECT_TIMEOUT = 10.0
 
 
@@ -390,7 +390,8 @@ async def _fetch_all(link: _Link, download: Download) -> None:
     for kind in KINDS:
         obj = download.objects[kind]
         while not obj.complete:
-            offset = obj.begin()
+            await obj.quiesce()
+            offset = obj.begin(link.transport)
             link.raw_target = obj.feed
             link.send(ImageRequest(kind, offset, 0))
             header = await link.expect(ImageData)
@@ -398,7 +399,12 @@ async def _fetch_all(link: _Link, download: Download) -> None:
             if header.length:
                 await link.expect(_RawDone)
             link.raw_target = None
-            if obj.end():
+            try:
+                refetch = await obj.settle()
+            except ChecksumError as exc:
+                link._fail(str(exc), reached=True, code=ErrorCode.CHECKSUM)
+                raise link.failure from None  # type: ignore[misc]
+            if refetch:
                 log.warning("%s; fetching it again from byte %d", obj.last_error, obj.good)
                 link.send(Log(f"{obj.last_error}; fetching again from byte {obj.good}", 4))
             elif not obj.complete:

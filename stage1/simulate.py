@@ -20,7 +20,7 @@ from pathlib import Path
 
 from perceus.stage1.cmdline import Master
 from perceus.stage1.facts import Facts, simulated_facts
-from perceus.stage1.fetch import DiscardSink, Download, FileSink, Sink
+from perceus.stage1.fetch import DiscardSink, Download, FileSink, Sink, hash_executor
 from perceus.stage1.protocol import ImageOffer, ObjectKind
 from perceus.stage1.retry import NoMaster, RetryPolicy, Stats, Target, check_in_until_done
 from perceus.stage1.scriptrun import DEFAULT_SCRIPT_TIMEOUT, ScriptEnv
@@ -136,7 +136,7 @@ class _Node:
         for path in (self.dir, self.root, self.proc):
             path.mkdir(parents=True, exist_ok=True)
         while True:
-            download = Download(_node_dir_sinks(self.dir, self.opts.discard))
+            download = Download(_node_dir_sinks(self.dir, self.opts.discard), hash_executor())
             try:
                 outcome = await self._check_in("init", download)
             finally:

@@ -1,0 +1,236 @@
+"""N simulated nodes booting from perceusd, side by side with nginx serving the same image.
+
+For each N in 1, 32, 128, 512 a fresh perceus instance (empty database) serves one VNFS
+whose image is 64 MiB of incompressible data. Each round runs, in alternation so machine
+load hits both alike:
+
+* perceus: ``perceusd --foreground`` and ``perceus-sim --nodes N --discard --json``: every
+  node checks in (and is added, named and recorded), runs its nodescript, downloads the
+  image chunk by chunk verifying each chunk's sha256, the overlay and the kernel, and
+  checks in ``ready`` once;
+* nginx: Debian's nginx (``sendfile on``) serving the same image file, and
+  ``python -m perceus.bench.httpget`` making N concurrent GETs, each hashed with sha256.
+
+Both clients keep no bytes and use every core (the simulator runs one process per core,
+the HTTP client one thread per connection). Throughput is bytes received / wall seconds
+of the whole run, so perceus pays for its check-ins, scripts and database writes and
+nginx for nothing but the transfer. The ratios are medians over the rounds; perceusd's
+peak RSS is read from /proc (VmHWM) as it exits. Nothing asserts on timing except that
+every node succeeds: the figures are printed at the end (bench/conftest.py).
+"""
+
+import hashlib
+import json
+import os
+import re
+import select
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+MiB = 1 << 20
+IMAGE_MIB = 64
+ROUNDS = int(os.environ.get("PERCEUS_BENCH_ROUNDS", "2"))
+SIZES = (1, 32, 128, 512)
+WORKERS = max(1, min(4, os.cpu_count() or 1))
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+NGINX_CONF = """daemon off;
+worker_processes auto;
+user root;  # the benchmark's temporary directories are private to root
+pid {root}/nginx.pid;
+error_log {root}/error.log;
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    client_body_temp_path {root}/tmp; proxy_temp_path {root}/tmp; fastcgi_temp_path {root}/tmp;
+    uwsgi_temp_path {root}/tmp; scgi_temp_path {root}/tmp;
+    server {{ listen 127.0.0.1:{port}; root {www}; }}
+}}
+"""
+
+
+def _env(root: Path) -> dict:
+    env = dict(os.environ)
+    env.update(
+        PERCEUS_SYSCONFDIR=str(root / "etc"),
+        PERCEUS_STATEDIR=str(root / "state"),
+        PERCEUS_RUNDIR=str(root / "run"),
+        HOME=str(root / "home"),
+        PATH=f"{BIN}:{env.get('PATH', '/usr/bin:/bin')}",
+    )
+    return env
+
+
+def _perceus(env: dict, *args: str) -> str:
+    proc = subprocess.run([str(BIN / "perceus"), "-y", *args], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, f"perceus {' '.join(args)}: {proc.stderr}"
+    return proc.stdout
+
+
+@pytest.fixture(scope="session")
+def capsule(tmp_path_factory) -> Path:
+    """A VNFS capsule whose image is 64 MiB of random bytes in 4 MiB files (so 16 chunks).
+
+    No kernel: nginx serves the image alone, so perceus moves the same payload (plus each
+    node's small overlay)."""
+    root = tmp_path_factory.mktemp("capsule")
+    tree = root / "tree"
+    (tree / "etc").mkdir(parents=True)
+    (tree / "etc" / "os-release").write_text("ID=bench\nVERSION_ID=1\n")
+    (tree / "data").mkdir()
+    for i in range(IMAGE_MIB // 4):
+        (tree / "data" / f"blob{i:02d}").write_bytes(os.urandom(4 * MiB))
+    env = _env(root / "packer")
+    out = root / "bench-1-1.stateless.x86_64.vnfs"
+    _perceus(env, "capsule", "pack", str(tree), str(out), "--no-kernel", "--arch", "x86_64")
+    return out
+
+
+def _instance(root: Path, capsule: Path) -> dict:
+    env = _env(root)
+    for sub in ("run", "home"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    _perceus(env, "init", "--master-device", "lo", "--transfer-master", "127.0.0.1")
+    _perceus(env, "vnfs", "import", str(capsule), "--name", "bench")
+    defaults = root / "etc" / "defaults.conf"
+    defaults.write_text(defaults.read_text().replace("Vnfs Name = ", "Vnfs Name = bench"))
+    return env
+
+
+class Perceusd:
+    """perceusd in the foreground on an ephemeral port; peak RSS read as it stops."""
+
+    def __init__(self, env: dict) -> None:
+        self.proc = subprocess.Popen(
+            [str(BIN / "perceusd"), "--foreground", "--bind", "127.0.0.1", "--port", "0"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.port = self._port()
+
+    def _port(self) -> int:
+        deadline = time.monotonic() + 30
+        seen = []
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.proc.stderr], [], [], 1.0)
+            if ready:
+                line = self.proc.stderr.readline()
+                seen.append(line)
+                if match := re.search(r"listening on [\d.]+:(\d+)", line):
+                    return int(match.group(1))
+                if not line and self.proc.poll() is not None:
+                    break
+        self.proc.kill()
+        raise AssertionError(f"perceusd did not start: {''.join(seen)}")
+
+    def peak_rss_mb(self) -> float:
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stderr.close()
+
+
+def _run_perceus(root: Path, capsule: Path, nodes: int) -> dict:
+    env = _instance(root, capsule)
+    daemon = Perceusd(env)
+    try:
+        argv = [str(BIN / "perceus-sim"), "--master", f"127.0.0.1:{daemon.port}", "--nodes", str(nodes)]
+        argv += ["--json", "--discard", "--workers", str(min(WORKERS, nodes)), "--timeout", "900"]
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=1200)
+        rss = daemon.peak_rss_mb()
+    finally:
+        daemon.stop()
+    summary = json.loads(proc.stdout)
+    summary["perceusd_rss_mb"] = rss
+    ready = subprocess.run(
+        ["sqlite3", str(root / "state" / "database" / "perceus.db"), "SELECT count(*) FROM nodes WHERE status='ready'"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    summary["db_ready"] = int(ready or 0)
+    return summary
+
+
+def _run_nginx(root: Path, image: Path, sha256: str, nodes: int, port: int) -> dict:
+    (root / "tmp").mkdir(parents=True, exist_ok=True)
+    www = root / "www"
+    www.mkdir(exist_ok=True)
+    link = www / "image"
+    if not link.exists():
+        os.link(image, link) if image.stat().st_dev == www.stat().st_dev else shutil.copy(image, link)
+    conf = root / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(root=root, www=www, port=port))
+    server = subprocess.Popen([NGINX, "-c", str(conf), "-e", str(root / "error.log")])
+    try:
+        deadline = time.monotonic() + 10
+        while not (root / "nginx.pid").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        argv = [sys.executable, "-m", "perceus.bench.httpget", "--url", f"http://127.0.0.1:{port}/image"]
+        argv += ["--clients", str(nodes), "--sha256", sha256]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=1200)
+    finally:
+        server.send_signal(signal.SIGQUIT)
+        server.wait(30)
+    return json.loads(proc.stdout)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("nodes", SIZES)
+def test_boot_side_by_side(nodes, capsule, tmp_path, record_property, benchmark):
+    ours, theirs = [], []
+    image = sha256 = None
+    for round_ in range(ROUNDS):
+        summary = _run_perceus(tmp_path / f"perceus{round_}", capsule, nodes)
+        assert summary["failed"] == 0, summary["failures"]
+        assert summary["ok"] == nodes and summary["db_ready"] == nodes
+        ours.append(summary)
+        if image is None:
+            image = tmp_path / f"perceus{round_}" / "state" / "vnfs" / "bench" / "image"
+            image_copy = tmp_path / "image"
+            shutil.copy(image, image_copy)
+            image = image_copy
+            sha256 = hashlib.file_digest(open(image, "rb"), "sha256").hexdigest()
+        shutil.rmtree(tmp_path / f"perceus{round_}")
+        result = _run_nginx(tmp_path / "nginx", image, sha256, nodes, _free_port())
+        assert result["failed"] == 0, result["failures"]
+        theirs.append(result)
+    benchmark.pedantic(lambda: None, rounds=1)  # the figures are ours; keep pytest-benchmark's table
+    mbps = statistics.median(s["mb_per_s"] for s in ours)
+    ngx = statistics.median(r["mb_per_s"] for r in theirs)
+    wall = statistics.median(s["wall_s"] for s in ours)
+    p99 = statistics.median(s["checkin_p99_ms"] for s in ours)
+    rate = statistics.median(s["checkins"] / s["wall_s"] for s in ours)
+    rss = max(s["perceusd_rss_mb"] for s in ours)
+    line = (
+        f"boot N={nodes:>3}: perceus {mbps:7.0f} MB/s vs nginx {ngx:7.0f} MB/s = {mbps / ngx:.2f}x; "
+        f"wall {wall:6.2f} s ({wall / nodes * 1000:6.1f} ms/node); check-in p99 {p99:6.1f} ms; "
+        f"{rate:6.1f} check-ins/s; perceusd peak RSS {rss:.0f} MB"
+    )
+    record_property("ratio_line", line)
+    print(line)
