@@ -183,14 +183,20 @@ class ObjectFetch:
             await verifier.idle()
             self.good, _ = verifier.verified_prefix(self.good)
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | memoryview, release: Callable[[], None] | None = None) -> None:
         """Bytes of the current transfer, in order; verifies each chunk as its last byte arrives
-        (on the hashing threads when there are some: then call :meth:`settle` before reading results)."""
+        (on the hashing threads when there are some: then call :meth:`settle` before reading results).
+
+        ``release`` is called once the bytes are no longer needed (their buffer can be reused)."""
         self.received += len(data)
         if self._verifier is not None:
-            self._verifier.feed(data)
-        else:
+            self._verifier.feed(data, release)
+            return
+        try:
             self._consume(data)
+        finally:
+            if release is not None:
+                release()
 
     async def settle(self) -> bool:
         """Wait until every byte fed is verified; then as :meth:`end` (raises ChecksumError)."""
@@ -205,7 +211,7 @@ class ObjectFetch:
                 self._bad(f"chunk {bad} ({chunk.csize} bytes at {chunk.offset}) fails its sha256")
         return self.end()
 
-    def _consume(self, data: bytes) -> None:
+    def _consume(self, data: bytes | memoryview) -> None:
         n = len(data)
         if self._skipping or not n:
             self._pos += n
@@ -279,15 +285,17 @@ class _Verifier:
         self.idx = fetch._idx
         self.lane: _ChunkLane | None = None
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | memoryview, release: Callable[[], None] | None) -> None:
         """Loop thread: queue ``data`` on the lanes of the chunks it belongs to."""
         n = len(data)
-        if self.error is not None or not n:
-            return
-        if self.pos + n > self.size:
-            self.error = ChecksumError(f"{self.kind.name}: more bytes than the offer's {self.size}")
+        if self.error is not None or not n or self.pos + n > self.size:
+            if n and self.error is None:
+                self.error = ChecksumError(f"{self.kind.name}: more bytes than the offer's {self.size}")
+            if release is not None:
+                release()
             return
         mv = memoryview(data)
+        holder = _Holder(release)
         start = 0
         while start < n:
             chunk = self.chunks[self.idx]
@@ -295,13 +303,15 @@ class _Verifier:
                 self.lane = _ChunkLane(self, self.idx, chunk.sha256)
             end = chunk.offset + chunk.csize
             take = min(n - start, end - self.pos)
-            self.lane.put(self.pos, mv[start : start + take] if take != n else mv)
+            holder.refs += 1
+            self.lane.put(self.pos, mv[start : start + take] if take != n else mv, holder)
             self.pos += take
             start += take
             if self.pos == end:
                 self.lane.close()
                 self.lane = None
                 self.idx += 1
+        holder.drop()  # the reference feed held while it cut the pieces
 
     def queued(self, count: int, submit: "_ChunkLane | None") -> None:
         with self.lock:
@@ -365,6 +375,24 @@ class _Verifier:
         return good, idx if self.verdicts.get(idx) is False else None
 
 
+class _Holder:
+    """Counts the queued pieces of one received buffer; the last one done releases it."""
+
+    __slots__ = ("lock", "refs", "release")
+
+    def __init__(self, release: Callable[[], None] | None) -> None:
+        self.lock = threading.Lock()
+        self.refs = 1
+        self.release = release
+
+    def drop(self) -> None:
+        with self.lock:
+            self.refs -= 1
+            last = self.refs == 0
+        if last and self.release is not None:
+            self.release()
+
+
 class _ChunkLane:
     """One chunk's bytes, hashed and written in order by one drain job at a time."""
 
@@ -374,13 +402,13 @@ class _ChunkLane:
         self.sha256 = sha256
         self.digest = hashlib.sha256()
         self.lock = threading.Lock()
-        self.pieces: deque[tuple[int, memoryview]] = deque()
+        self.pieces: deque[tuple[int, memoryview, _Holder]] = deque()
         self.active = False
         self.closed = False
 
-    def put(self, offset: int, data: memoryview) -> None:
+    def put(self, offset: int, data: memoryview, holder: _Holder) -> None:
         with self.lock:
-            self.pieces.append((offset, data))
+            self.pieces.append((offset, data, holder))
             submit = not self.active
             self.active = True
         self.verifier.queued(len(data), self if submit else None)
@@ -402,13 +430,16 @@ class _ChunkLane:
                     self.active = False
                     done = self.closed
                     break
-                offset, data = self.pieces.popleft()
+                offset, data, holder = self.pieces.popleft()
             self.digest.update(data)
             try:
                 sink.write(offset, data)
             except OSError as exc:
                 self.verifier.error = ChecksumError(f"{self.verifier.kind.name}: cannot store: {exc}")
-            self.verifier.hashed(len(data))
+            size = len(data)
+            del data
+            holder.drop()
+            self.verifier.hashed(size)
         verdict = done and self.digest.hexdigest() == self.sha256
         self.verifier.drained(self.idx if done else None, verdict)
 

@@ -1633,6 +1633,28 @@ class NodeConnection(Connection):
         """A HELLO with a fresh node nonce from this connection's random source."""
         return Hello(nodeid, state, node_nonce=self._random(NONCE_SIZE), **facts)
 
+    def raw_wanted(self) -> int:
+        """Raw bytes the node may take straight from its receive buffer now (see :meth:`take_raw`)."""
+        if self._failure is not None or self._eof or self._state is not State.RAW or self._raw_queue:
+            return 0
+        return self._raw_unreceived
+
+    def take_raw(self, count: int) -> int:
+        """Consume up to ``count`` freshly received bytes as raw image bytes without copying them.
+
+        For a node that hashes raw bytes where they landed: when :meth:`raw_wanted` is non-zero,
+        the first ``min(count, raw_wanted())`` bytes just received are raw bytes the caller
+        consumes itself (as if they had come out as RawBytes); it passes only the rest to
+        :meth:`receive_data`. Returns how many it took; 0 when raw bytes cannot be taken now.
+        """
+        k = min(max(count, 0), self.raw_wanted())
+        if k:
+            self._raw_unreceived -= k
+            self._raw_left -= k
+            if not self._raw_left:
+                self._state = State.REQUEST
+        return k
+
     def auth_response(self) -> AuthResponse:
         """The answer to the challenge received: the HMAC tag, or empty without a site key."""
         if self._nonce is None or self._digest is None:

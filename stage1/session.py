@@ -49,6 +49,7 @@ __all__ = ["CheckIn", "Outcome", "SessionFailed", "check_in"]
 log = logging.getLogger("perceus.stage1")
 
 RECV_BUFFER = 1 << 20
+MAX_POOLED = 64  # free raw buffers kept per thread
 CONNECT_TIMEOUT = 10.0
 
 
@@ -106,6 +107,19 @@ def _shared_buffer() -> memoryview:
     return buf
 
 
+def _raw_buffer() -> tuple[memoryview, Callable[[], None]]:
+    """A receive buffer for raw image bytes that are hashed where they land, on a worker thread.
+
+    Buffers come from a per-thread free list and go back to it (``release``, callable from any
+    thread) once hashed, so the bytes are never copied and the memory is never faulted in twice.
+    """
+    pool = getattr(_local, "pool", None)
+    if pool is None:
+        pool = _local.pool = []
+    buf = pool.pop() if pool else memoryview(bytearray(RECV_BUFFER))
+    return buf, lambda: pool.append(buf) if len(pool) < MAX_POOLED else None
+
+
 class _RawDone:
     """Pushed to the session when the raw bytes of an IMAGE_DATA are all in."""
 
@@ -124,7 +138,9 @@ class _Link(asyncio.BufferedProtocol):
         self.events: deque = deque()
         self.failure: SessionFailed | None = None
         self.waiter: asyncio.Future | None = None
-        self.raw_target: Callable[[bytes], None] | None = None
+        self.raw_target: Callable[..., None] | None = None  # feed(data, release=None)
+        self._buffer: memoryview | None = None  # the buffer get_buffer handed out
+        self._release: Callable[[], None] | None = None  # gives it back, when it is a raw one
         self.bytes_received = 0
         self.deadline: float | None = None
         self.timer: asyncio.TimerHandle | None = None
@@ -137,11 +153,40 @@ class _Link(asyncio.BufferedProtocol):
         self.transport = transport
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return _shared_buffer()
+        if self._buffer is None:
+            if self.raw_target is not None and self.conn.raw_wanted():
+                self._buffer, self._release = _raw_buffer()
+            else:
+                self._buffer, self._release = _shared_buffer(), None
+        return self._buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.conn.receive_data(_shared_buffer()[:nbytes])
+        buf, release = self._buffer, self._release
+        self._buffer = self._release = None
+        assert buf is not None
+        taken = self.conn.take_raw(nbytes) if release is not None else 0
+        if taken:
+            self._raw(buf[:taken], release)
+            if not self.conn.raw_remaining and self.failure is None:
+                self.events.append(_RAW_DONE)
+                self._wake()
+        elif release is not None:
+            release()
+        if nbytes > taken and self.failure is None:
+            self.conn.receive_data(buf[taken:nbytes])
         self._pump()
+
+    def _raw(self, data: memoryview | bytes, release: Callable[[], None] | None = None) -> None:
+        """Raw image bytes, to the current target (which calls ``release`` once it is done with them)."""
+        self.bytes_received += len(data)
+        target = self.raw_target
+        try:
+            if target is not None:
+                target(data, release)
+            elif release is not None:
+                release()
+        except ChecksumError as exc:
+            self._fail(str(exc), reached=True, code=ErrorCode.CHECKSUM)
 
     def eof_received(self) -> bool:
         self.conn.receive_data(b"")
@@ -173,13 +218,8 @@ class _Link(asyncio.BufferedProtocol):
             if event is CLOSED:
                 break
             if isinstance(event, RawBytes):
-                self.bytes_received += len(event.data)
-                target = self.raw_target
-                try:
-                    if target is not None:
-                        target(event.data)
-                except ChecksumError as exc:
-                    self._fail(str(exc), reached=True, code=ErrorCode.CHECKSUM)
+                self._raw(event.data)
+                if self.failure is not None:
                     return
                 if not conn.raw_remaining:
                     self.events.append(_RAW_DONE)
