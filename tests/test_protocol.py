@@ -481,6 +481,37 @@ def test_resume_after_the_connection_dropped():
     assert objects.image[:7777] + rest == objects.image
 
 
+def test_take_raw_consumes_raw_bytes_in_place():
+    """A node may hash raw bytes where they landed: take_raw() moves the session on as RawBytes would."""
+    pair = Pair(12, "whole")
+    objects = pair.objects = make_objects(pair.rng)
+    pair.hello()
+    pair.to_node(Assign("n1", "v", Follows.IMAGE))
+    pair.to_node(objects.offer())
+    node = pair.node
+    assert node.raw_wanted() == 0 and node.take_raw(100) == 0  # not in RAW: nothing to take
+    pair.to_master(ImageRequest(ObjectKind.OVERLAY))
+    header = pair.master.image_data()
+    node.receive_data(pair.master.send(header))
+    assert node.next_event() == header and node.state is State.RAW
+    assert node.raw_wanted() == len(objects.overlay)
+    assert node.take_raw(500) == 500 and node.raw_remaining == len(objects.overlay) - 500
+    # the rest arrives with more behind it: take only what is raw, the caller feeds the remainder
+    pair.master.raw_sent(len(objects.overlay))
+    tail = len(objects.overlay) - 500
+    assert node.take_raw(tail + 10) == tail
+    assert node.state is State.REQUEST and node.raw_remaining == 0 and node.raw_wanted() == 0
+    assert node.next_event() is P.NEED_DATA
+    # bytes already queued by receive_data must come out as events first: take_raw refuses
+    pair.to_master(ImageRequest(ObjectKind.KERNEL))
+    header = pair.master.image_data()
+    node.receive_data(pair.master.send(header) + objects.kernel[:10])
+    assert node.next_event() == header
+    assert node.raw_wanted() == 0 and node.take_raw(5) == 0
+    assert node.next_event() == RawBytes(objects.kernel[:10])
+    assert node.raw_wanted() == len(objects.kernel) - 10
+
+
 def test_anytime_messages_in_every_state():
     pair = Pair(12, "small")
     objects = pair.objects = make_objects(pair.rng)
