@@ -6,9 +6,14 @@
 """
 
 from Cython.Build import cythonize
-from setuptools import Extension, setup
+from setuptools import Extension, find_packages, setup
 
 ROOMS = ["stage1", "native", "server", "imagefmt", "capsule", "bench", "buildroot"]
+
+# Each room and its sub-packages (server.cli, server.db, server.modules...), so a wheel has them too.
+PACKAGES = [f"perceus.{room}" for room in ROOMS] + [
+    f"perceus.{room}.{sub}" for room in ROOMS for sub in find_packages(room)
+]
 
 EXTENSIONS = cythonize(
     [
@@ -24,7 +29,7 @@ setup(
     version="0.1.0",
     description="Cluster provisioning toolkit: a Python re-creation of Perceus",
     python_requires=">=3.11",
-    packages=[f"perceus.{room}" for room in ROOMS],
+    packages=PACKAGES,
     package_dir={f"perceus.{room}": room for room in ROOMS},
     package_data={"perceus.server": ["data/*", "data/modules/**/*"]},
     ext_modules=EXTENSIONS,
