@@ -61,6 +61,7 @@ class Stats:
     latencies: list[float] = field(default_factory=list)
     bytes: int = 0
     waits: int = 0
+    last_wait: str = ""  # the master's last WAIT ("wait N s: reason"), cleared by an ASSIGN
 
 
 class NoMaster(Exception):
@@ -103,11 +104,14 @@ async def check_in_until_done(
                 stats.latencies.append(outcome.latency)
                 stats.bytes += outcome.bytes_received
             if outcome.wait is None:
+                if stats is not None:
+                    stats.last_wait = ""
                 return outcome
+            reason = outcome.wait.reason or "no reason"
             if stats is not None:
                 stats.waits += 1
+                stats.last_wait = f"wait {outcome.wait.seconds} s: {reason}"
             delay = policy.wait_delay(outcome.wait.seconds, rng)
-            reason = outcome.wait.reason or "no reason"
             log.info("%s says wait %d s (%s)", target, outcome.wait.seconds, reason)
             await sleep(delay)
             failed_rounds = 0

@@ -2,9 +2,12 @@
 
 No root: facts are generated, the image, overlay and kernel go to ``DIR/<MAC>/`` (or
 nowhere with ``discard``), nodescripts run under /bin/sh with DESTDIR=``DIR/<MAC>/root``
-and PERCEUS_PROC=``DIR/<MAC>/proc``; "booting" records ``boot.json``. Hundreds of these
-run in one event loop (``perceus-sim``); :func:`simulate_node` never raises for a node
-failure, it returns a :class:`NodeResult`.
+and PERCEUS_PROC=``DIR/<MAC>/proc``. "Booting" unpacks the overlay into the root (``zstd
+-dc`` and :func:`perceus.stage1.newc.extract`), replacing what a previous boot left but not
+what this boot's init script wrote (the DESTDIR archive comes last in a real initrd); the
+image is not unpacked. Then it records ``boot.json``.
+Hundreds of these run in one event loop (``perceus-sim``); :func:`simulate_node` never
+raises for a node failure, it returns a :class:`NodeResult`.
 """
 
 import asyncio
@@ -13,6 +16,7 @@ import logging
 import os
 import random
 import shutil
+import subprocess
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -21,12 +25,21 @@ from pathlib import Path
 from perceus.stage1.cmdline import Master
 from perceus.stage1.facts import Facts, simulated_facts
 from perceus.stage1.fetch import DiscardSink, Download, FileSink, Sink, hash_executor
+from perceus.stage1.newc import NewcError, extract
 from perceus.stage1.protocol import ImageOffer, ObjectKind
 from perceus.stage1.retry import NoMaster, RetryPolicy, Stats, Target, check_in_until_done
 from perceus.stage1.scriptrun import DEFAULT_SCRIPT_TIMEOUT, ScriptEnv
 from perceus.stage1.session import CONNECT_TIMEOUT, CheckIn, Outcome
 
-__all__ = ["MAX_REPROVISIONS", "NodeResult", "SimOptions", "simulate_node", "simulate_nodes"]
+__all__ = [
+    "MAX_REPROVISIONS",
+    "BootFailed",
+    "NodeResult",
+    "SimOptions",
+    "simulate_node",
+    "simulate_nodes",
+    "unpack_overlay",
+]
 
 log = logging.getLogger("perceus.stage1")
 
@@ -81,6 +94,61 @@ def _node_dir_sinks(node_dir: Path, discard: bool):
     return sinks
 
 
+class BootFailed(Exception):
+    """The simulated node could not "boot" what it received (the overlay does not unpack)."""
+
+
+def unpack_overlay(overlay: Path, root: Path, since_ns: int | None = None) -> int:
+    """Unpack an overlay (one zstd frame of one newc archive) into ``root``, as the kernel would.
+
+    Decompresses with the ``zstd`` command (stage one imports no zstd module). The overlay
+    replaces what a previous boot left; with ``since_ns``, files changed since then (this
+    boot's init script's DESTDIR files, which a real initrd unpacks last) are kept instead.
+    Returns the entries written; raises BootFailed with a one-line reason.
+    """
+    if overlay.stat().st_size == 0:
+        return 0
+    zstd = shutil.which("zstd")
+    if zstd is None:
+        raise BootFailed("cannot unpack the overlay: the zstd command is not installed")
+    argv = [zstd, "-dc", "--", str(overlay)]
+    pipe = subprocess.PIPE
+    with subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=pipe, stderr=pipe) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        try:
+            keep = None if since_ns is None else (lambda st: st.st_ctime_ns >= since_ns)
+            written = extract(proc.stdout, root, keep=keep)
+        except NewcError as exc:
+            problem = _zstd_problem(proc)  # a zstd error truncates the stream: say why
+            raise BootFailed(f"cannot unpack the overlay: {problem or exc}") from None
+        problem = _zstd_problem(proc)
+    if problem:
+        raise BootFailed(f"cannot unpack the overlay: {problem}")
+    return written
+
+
+def _zstd_problem(proc: subprocess.Popen) -> str:
+    """zstd's complaint (its last stderr line), or "" when it exited 0 or by a signal (SIGPIPE)."""
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # a zstd still writing gets EPIPE and ends
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    err = proc.stderr.read().decode(errors="replace").strip()
+    if proc.returncode <= 0:
+        return ""
+    last = err.splitlines()[-1] if err else f"exit status {proc.returncode}"
+    return f"zstd: {last.removeprefix('zstd: ')}"
+
+
+def _fs_clock_ns() -> int:
+    """Now, on the clock file timestamps come from (the coarse one on Linux: never ahead of them)."""
+    coarse = getattr(time, "CLOCK_REALTIME_COARSE", None)
+    return time.clock_gettime_ns(coarse) if coarse is not None else time.time_ns() - 20_000_000
+
+
 def _write_boot_record(node_dir: Path, facts: Facts, outcome: Outcome) -> None:
     offer, assign = outcome.offer, outcome.assign
     assert assign is not None
@@ -132,10 +200,18 @@ class _Node:
             self.targets, self._request(state, download), self.opts.policy, stats=self.stats, rng=self.rng
         )
 
+    async def _boot(self, outcome: Outcome, since_ns: int) -> None:
+        if not self.opts.discard:
+            overlay = self.dir / _FILES[ObjectKind.OVERLAY]
+            written = await asyncio.to_thread(unpack_overlay, overlay, self.root, since_ns)
+            log.debug("%s: unpacked %d overlay entries into %s", self.facts.nodeid, written, self.root)
+        _write_boot_record(self.dir, self.facts, outcome)
+
     async def run(self) -> None:
         for path in (self.dir, self.root, self.proc):
             path.mkdir(parents=True, exist_ok=True)
         while True:
+            since_ns = _fs_clock_ns()  # files changed from now on are this boot's DESTDIR files
             download = Download(_node_dir_sinks(self.dir, self.opts.discard), hash_executor())
             try:
                 outcome = await self._check_in("init", download)
@@ -147,7 +223,7 @@ class _Node:
                 raise NoMaster("the master assigned no image to boot (no VNFS?)")
             if await self._after(outcome.request, "init"):
                 continue
-            _write_boot_record(self.dir, self.facts, outcome)
+            await self._boot(outcome, since_ns)
             log.info("%s: booted %s as %s", self.facts.nodeid, outcome.assign.vnfs, outcome.assign.name)
             again = False
             for i in range(self.opts.ready_checkins):
@@ -192,7 +268,9 @@ async def simulate_node(
         node.result.ok = True
     except TimeoutError:
         node.result.error = f"timed out after {opts.timeout:g} s"
-    except NoMaster as exc:
+        if node.stats.last_wait:
+            node.result.error += f" (last answer: {node.stats.last_wait})"
+    except (NoMaster, BootFailed) as exc:
         node.result.error = str(exc)
     except OSError as exc:
         node.result.error = f"local error: {exc}"

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+from test_stage1_cli import real_overlay
 from test_stage1_fakemaster import FakeMaster, closed_port
 
 from perceus.bench.sim import _fold, fold_names, main, percentile, run_simulation
@@ -34,7 +35,7 @@ def test_twenty_nodes_json():
 
 
 def test_twenty_nodes_text_with_files(tmp_path):
-    with FakeMaster() as master:
+    with FakeMaster(overlay=real_overlay()) as master:
         proc = sim("--master", master.address, "--nodes", "20", "--dir", str(tmp_path), "--workers", "2")
     assert proc.returncode == 0, proc.stderr
     assert "nodes: 20, ok 20, failed 0" in proc.stdout
@@ -42,6 +43,20 @@ def test_twenty_nodes_text_with_files(tmp_path):
     assert "MB/s aggregate" in proc.stdout and "check-in latency: p50" in proc.stdout
     images = sorted(tmp_path.glob("*/image"))
     assert len(images) == 20 and all(p.read_bytes() == master.image for p in images)
+    confs = sorted(tmp_path.glob("*/root/etc/perceus/node.conf"))
+    assert len(confs) == 20  # every node unpacked its overlay into its root
+
+
+def test_waiting_nodes_fail_with_the_last_wait():
+    with FakeMaster(waits=1000) as master:
+        proc = sim("--master", master.address, "--nodes", "2", "--json", "--timeout", "2", "--discard")
+    assert proc.returncode == 1
+    summary = json.loads(proc.stdout)
+    assert summary["failed"] == 2
+    assert all(
+        f.endswith(": timed out after 2 s (last answer: wait 1 s: node is disabled)")
+        for f in summary["failures"]
+    )
 
 
 def test_failures_are_reported_and_exit_1():

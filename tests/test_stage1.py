@@ -450,3 +450,134 @@ def test_simulate_mode_loads_neither_pyroute2_nor_native():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# -- the newc reader (the simulated node unpacks its overlay with it) ------------------------------------
+
+
+def _newc(*entries: tuple[str, int, bytes], trailer: bool = True) -> bytes:
+    from perceus.imagefmt import cpio
+
+    out = bytearray()
+    for ino, (name, mode, data) in enumerate(entries, 1):
+        cpio.write_entry(out, name, mode=mode, data=data, ino=ino, mtime=1_000_000)
+    if trailer:
+        cpio.write_trailer(out)
+    return bytes(out)
+
+
+def test_newc_extract_round_trip_with_write_tree(tmp_path):
+    from perceus.stage1.newc import extract
+
+    src = tmp_path / "src"
+    (src / "etc" / "perceus").mkdir(parents=True)
+    (src / "etc" / "perceus" / "node.conf").write_text('NODENAME="n0000"\n')
+    (src / "etc" / "secret").write_bytes(b"k" * 5000)
+    os.chmod(src / "etc" / "secret", 0o600)
+    os.chmod(src / "etc" / "perceus", 0o750)
+    os.symlink("perceus/node.conf", src / "etc" / "link")
+    buf = io.BytesIO()
+    write_tree(buf, src)
+    buf.seek(0)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    assert extract(buf, dest) == 5
+    assert (dest / "etc/perceus/node.conf").read_text() == 'NODENAME="n0000"\n'
+    assert stat.S_IMODE((dest / "etc/secret").stat().st_mode) == 0o600
+    assert stat.S_IMODE((dest / "etc/perceus").stat().st_mode) == 0o750
+    assert os.readlink(dest / "etc/link") == "perceus/node.conf"
+
+
+def test_newc_extract_replaces_makes_parents_and_never_writes_through_links(tmp_path):
+    from perceus.stage1.newc import extract
+
+    dest = tmp_path / "root"
+    (dest / "etc").mkdir(parents=True)
+    (dest / "etc" / "old").write_text("previous boot\n")
+    outside = tmp_path / "outside"
+    outside.write_text("untouched\n")
+    os.symlink(outside, dest / "etc" / "hostname")  # a previous boot's symlink: replaced, not followed
+    archive = _newc(
+        ("./etc/old", 0o100644, b"new\n"),
+        ("etc/hostname", 0o100644, b"n0001\n"),
+        ("var/lib/deep/file", 0o100640, b"x"),
+    )
+    assert extract(io.BytesIO(archive), dest) == 3
+    assert (dest / "etc/old").read_text() == "new\n"
+    assert not (dest / "etc/hostname").is_symlink() and (dest / "etc/hostname").read_text() == "n0001\n"
+    assert outside.read_text() == "untouched\n"
+    assert stat.S_IMODE((dest / "var/lib/deep/file").stat().st_mode) == 0o640
+    # keep: what the predicate says stays as it is
+    assert extract(io.BytesIO(_newc(("etc/old", 0o100644, b"overlay\n"))), dest, keep=lambda st: True) == 0
+    assert (dest / "etc/old").read_text() == "new\n"
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["/etc/passwd", "../escape", "etc/../../escape", "out/escape"],
+)
+def test_newc_extract_refuses_paths_leaving_the_root(tmp_path, name):
+    from perceus.stage1.newc import NewcError, extract
+
+    dest = tmp_path / "root"
+    dest.mkdir()
+    os.symlink(tmp_path, dest / "out")  # a symlink leaving the root
+    with pytest.raises(NewcError):
+        extract(io.BytesIO(_newc((name, 0o100644, b"evil\n"))), dest)
+    assert not (tmp_path / "escape").exists() and not (tmp_path / "passwd").exists()
+
+
+def test_newc_extract_follows_symlinks_that_stay_inside(tmp_path):
+    from perceus.stage1.newc import extract
+
+    dest = tmp_path / "root"
+    (dest / "usr" / "lib").mkdir(parents=True)
+    os.symlink("usr/lib", dest / "lib")
+    assert extract(io.BytesIO(_newc(("lib/mod.conf", 0o100644, b"m\n"))), dest) == 1
+    assert (dest / "usr/lib/mod.conf").read_text() == "m\n"
+
+
+def test_newc_extract_truncated_or_corrupt_archives_are_errors(tmp_path):
+    from perceus.stage1.newc import MAX_NAME_SIZE, NewcError, extract
+
+    good = _newc(("etc/a", 0o100644, b"a" * 100), ("etc/b", 0o100644, b"b"))
+    cases = {
+        "no trailer": good[: good.index(b"TRAILER!!!") - 110],
+        "in the data": good[:150],
+        "in the header": good[:50],
+        "empty": b"",
+        "bad magic": b"070707" + good[6:],
+        "bad field": good[:14] + b"zzzzzzzz" + good[22:],
+        "after the trailer": good + b"junk",
+    }
+    for what, data in cases.items():
+        dest = tmp_path / what.replace(" ", "-")
+        dest.mkdir()
+        with pytest.raises(NewcError):
+            extract(io.BytesIO(data), dest)
+    huge = bytearray(_newc(("x", 0o100644, b"")))
+    huge[94:102] = b"%08X" % (MAX_NAME_SIZE + 1)  # namesize field
+    with pytest.raises(NewcError, match="name size"):
+        extract(io.BytesIO(bytes(huge)), tmp_path)
+    (tmp_path / "padded").mkdir()
+    assert extract(io.BytesIO(good + b"\0" * 512), tmp_path / "padded") == 2  # zero padding after: fine
+
+
+def test_unpack_overlay_needs_zstd_and_reports_corruption(tmp_path, monkeypatch):
+    import zstandard
+
+    from perceus.stage1 import simulate
+
+    overlay = tmp_path / "overlay"
+    archive = _newc(("etc/perceus/node.conf", 0o100644, b"N=1\n"))
+    overlay.write_bytes(zstandard.ZstdCompressor().compress(archive))
+    root = tmp_path / "root"
+    root.mkdir()
+    assert simulate.unpack_overlay(overlay, root) == 1
+    assert (root / "etc/perceus/node.conf").read_text() == "N=1\n"
+    overlay.write_bytes(b"not zstd at all")
+    with pytest.raises(simulate.BootFailed, match="zstd"):
+        simulate.unpack_overlay(overlay, root)
+    monkeypatch.setattr(simulate.shutil, "which", lambda name: None)
+    with pytest.raises(simulate.BootFailed, match="zstd command is not installed"):
+        simulate.unpack_overlay(overlay, root)

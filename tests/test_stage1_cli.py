@@ -14,6 +14,18 @@ KEY = b"example site key (32 bytes) !!!!"
 MAC = "02:00:00:00:00:07"
 
 
+def real_overlay() -> bytes:
+    """An overlay as perceusd sends it: one zstd frame of one newc archive (node.conf)."""
+    import zstandard
+
+    from perceus.imagefmt import cpio
+
+    archive = bytearray()
+    cpio.write_entry(archive, "etc/perceus/node.conf", mode=0o100644, data=b'NODENAME="n0000"\n')
+    cpio.write_trailer(archive)
+    return zstandard.ZstdCompressor().compress(bytes(archive))
+
+
 def stage1(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "perceus.stage1", *args], capture_output=True, text=True, timeout=timeout
@@ -22,13 +34,28 @@ def stage1(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
 
 def test_simulate_one_node(tmp_path):
     (tmp_path / "key").write_bytes(KEY)
-    with FakeMaster(site_key=KEY, auth_required=True) as master:
+    ready = b'cat "$DESTDIR/etc/perceus/node.conf"\n'
+    with FakeMaster(
+        site_key=KEY, auth_required=True, overlay=real_overlay(), scripts={"ready": ready}
+    ) as master:
         proc = stage1("--simulate", str(tmp_path / "sim"), "--master", master.address, "--mac", MAC.lower(),
                       "--site-key", str(tmp_path / "key"), "--ready-checkins", "2")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
+    root = tmp_path / "sim" / MAC / "root"
+    assert (root / "etc/perceus/node.conf").read_text() == 'NODENAME="n0000"\n'  # the overlay, unpacked
+    assert all(status == 0 for _, status, _ in master.record.results)
     assert proc.stdout.startswith(f"{MAC} n0000 busybox-1.0 ready")
     assert json.loads((tmp_path / "sim" / MAC / "boot.json").read_text())["vnfs"] == "busybox-1.0"
     assert master.record.checkins == [(MAC, "init"), (MAC, "ready"), (MAC, "ready")]
+
+
+def test_simulate_timeout_names_the_last_wait(tmp_path):
+    with FakeMaster(waits=1000) as master:
+        proc = stage1("--simulate", str(tmp_path), "--master", master.address, "--mac", MAC, "--timeout", "2")
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines()[-1] == (
+        f"perceus-stage1: error: {MAC}: timed out after 2 s (last answer: wait 1 s: node is disabled)"
+    )
 
 
 def test_simulate_gives_up_after_five_rounds(tmp_path):

@@ -11,6 +11,9 @@ import socket
 import threading
 from dataclasses import dataclass, field
 
+import zstandard
+
+from perceus.imagefmt import cpio
 from perceus.stage1.protocol import (
     CLOSED,
     NEED_DATA,
@@ -38,6 +41,17 @@ def make_chunks(rng: random.Random, sizes: list[int]) -> list[bytes]:
     return [rng.randbytes(n) for n in sizes]
 
 
+def _default_overlay() -> bytes:
+    """A real overlay (one zstd frame of one newc archive), as perceusd sends: simulated nodes unpack it."""
+    archive = bytearray()
+    cpio.write_entry(archive, "etc/perceus/node.conf", mode=0o100644, data=b'NODENAME="n0000"\n')
+    cpio.write_trailer(archive)
+    return zstandard.ZstdCompressor().compress(bytes(archive))
+
+
+DEFAULT_OVERLAY = _default_overlay()
+
+
 @dataclass
 class Record:
     """What happened in the sessions, in order."""
@@ -58,7 +72,7 @@ class FakeMaster:
         self,
         *,
         chunks: list[bytes] | None = None,
-        overlay: bytes = b"overlay-bytes" * 100,
+        overlay: bytes | None = None,
         kernel: bytes = b"\x7fELF kernel" * 300,
         kernel_args: str = "console=ttyS0 quiet",
         vnfs: str = "busybox-1.0",
@@ -74,6 +88,7 @@ class FakeMaster:
         rng = random.Random(4)
         self.chunks = chunks if chunks is not None else make_chunks(rng, [70000, 50000, 90001, 1234])
         self.image = b"".join(self.chunks)
+        overlay = DEFAULT_OVERLAY if overlay is None else overlay
         self.objects = {ObjectKind.IMAGE: self.image, ObjectKind.OVERLAY: overlay, ObjectKind.KERNEL: kernel}
         self.kernel_args = kernel_args
         self.vnfs = vnfs
