@@ -17,17 +17,21 @@ In-process use (tests, the benchmark)::
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import errno
 import logging
 import logging.handlers
+import math
 import os
+import queue
 import resource
 import signal
 import socket
 import sys
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -36,14 +40,26 @@ from perceus.server.config import Settings
 from perceus.server.errors import PerceusError
 from perceus.server.fsutil import atomic_write
 from perceus.server.paths import Paths
-from perceus.server.session import Context, Progress, Session, sndbuf_size
+from perceus.server.session import Context, Progress, Session, Streamer, sndbuf_size
 from perceus.stage1 import protocol
 
 log = logging.getLogger("perceusd")
 
 SHUTDOWN_GRACE = 10.0
 MAX_SESSIONS = 4096
-BACKLOG = 4096
+BACKLOG = 4096  # pending connections: a whole cluster powered on at once (capped by somaxconn)
+CHECKIN_SAMPLES = 1024  # the latest check-ins' latencies the status document summarises
+LOG_QUEUE = 10000  # log records waiting for stderr/syslog; more are dropped (and counted)
+
+
+def listen_backlog(wanted: int = BACKLOG) -> int:
+    """The listen(2) backlog: ``wanted``, or net.core.somaxconn if the kernel caps it lower."""
+    try:
+        with open("/proc/sys/net/core/somaxconn") as handle:
+            allowed = int(handle.read().strip())
+    except (OSError, ValueError):
+        return wanted
+    return max(1, min(wanted, allowed))
 
 
 @dataclass(frozen=True)
@@ -97,7 +113,7 @@ def bind_socket(address: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(sockaddr)
-        sock.listen(BACKLOG)
+        sock.listen(listen_backlog())
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
@@ -125,7 +141,9 @@ class Server:
         self.db = provision.CheckinWriter(settings)
         self.hashes = provision.Memo()
         self.dirs = provision.Memo(size=16)
+        self.streamer = Streamer()
         self.ctx: Context | None = None
+        self.warming: asyncio.Task | None = None  # the memos being filled for every VNFS
         self.sessions: dict[int, Progress] = {}
         self._tasks: set[asyncio.Task] = set()
         self._server: asyncio.AbstractServer | None = None
@@ -135,6 +153,7 @@ class Server:
         self.address = ""
         self.port = 0
         self.totals = {"sessions": 0, "refused_busy": 0, "bytes_sent": 0}
+        self.checkins: collections.deque[float] = collections.deque(maxlen=CHECKIN_SAMPLES)
 
     def _context(self, settings: Settings) -> Context:
         key = sitekey.load(settings.paths)
@@ -155,6 +174,7 @@ class Server:
             script_timeout=self.options.script_timeout,
             max_idle=self.options.max_idle,
             sndbuf=sndbuf_size(),
+            streamer=self.streamer,
         )
 
     async def start(self, sock: socket.socket | None = None) -> None:
@@ -165,7 +185,11 @@ class Server:
             sock = bind_socket(*listen_address(self.settings, self.options))
         try:
             self.db.start()
-            self._server = await asyncio.start_server(self._accept, sock=sock, limit=1 << 16)
+            self.streamer.start()
+            # start_server listens again with its own backlog (100 by default): pass ours
+            self._server = await asyncio.start_server(
+                self._accept, sock=sock, limit=1 << 16, backlog=listen_backlog()
+            )
             name = sock.getsockname()
             self.address, self.port = name[0], name[1]
             if self.options.control_socket:
@@ -174,9 +198,18 @@ class Server:
                 await self._control.start()
         except BaseException:
             sock.close()
+            self.streamer.stop()
             await self.db.stop()
             raise
         log.info("listening on %s:%s", self.address, self.port)
+        self._warm()
+
+    def _warm(self) -> None:
+        """Fill the image memos for every imported VNFS in the background (start-up, SIGHUP)."""
+        if self.warming is not None and not self.warming.done():
+            self.warming.cancel()  # a node waiting on a memo keeps its computation (shielded)
+        assert self.ctx is not None
+        self.warming = asyncio.ensure_future(provision.warm(self.ctx.store, self.hashes, self.dirs))
 
     def reload(self) -> None:
         """SIGHUP: re-read perceus.conf, defaults.conf and the site key; running sessions keep theirs."""
@@ -189,12 +222,16 @@ class Server:
         self.settings, self.ctx = settings, ctx
         self.db.settings = settings
         log.info("configuration reloaded")
+        self._warm()
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting, give running sessions ``grace`` seconds, then end the rest."""
         grace = self.options.shutdown_grace if grace is None else grace
         if self._server is not None:
             self._server.close()
+        if self.warming is not None:
+            self.warming.cancel()
+            await asyncio.gather(self.warming, return_exceptions=True)
         if self._tasks:
             log.info("waiting up to %g s for %d sessions", grace, len(self._tasks))
             _done, pending = await asyncio.wait(set(self._tasks), timeout=grace)
@@ -204,6 +241,7 @@ class Server:
         if self._control is not None:
             await self._control.stop()
             self._control = None
+        self.streamer.stop()
         await self.db.stop()
         if self._server is not None:
             await self._server.wait_closed()
@@ -230,6 +268,8 @@ class Server:
             await Session(self.ctx, reader, writer, progress).run()
         finally:
             self.totals["bytes_sent"] += progress.bytes_sent
+            if progress.checkin_s is not None:
+                self.checkins.append(progress.checkin_s)
             del self.sessions[sid]
             self._tasks.discard(task)
 
@@ -247,10 +287,20 @@ class Server:
                 "bytes_sent_total": self.totals["bytes_sent"] + sum(s["bytes_sent"] for s in sessions),
                 "rate_bps": sum(s["rate_bps"] for s in sessions),
                 "nodes_added": self.db.added,
+                "checkin_p50_ms": _percentile_ms(self.checkins, 50),
+                "checkin_p99_ms": _percentile_ms(self.checkins, 99),
                 "time": round(time.time(), 3),
             },
             "sessions": sorted(sessions, key=lambda s: s["session"]),
         }
+
+
+def _percentile_ms(samples: Collection[float], p: float) -> float:
+    """The p-th percentile (nearest rank) of ``samples`` seconds, in ms; 0 for none."""
+    if not samples:
+        return 0.0
+    ordered = sorted(samples)
+    return round(ordered[max(1, math.ceil(p / 100 * len(ordered))) - 1] * 1000, 2)
 
 
 @contextlib.asynccontextmanager
@@ -318,23 +368,81 @@ def _daemonise() -> None:
         os.close(null)
 
 
+class _LogPump(logging.handlers.QueueHandler):
+    """Hands log records to a thread that writes them to stderr and syslog.
+
+    Writing on the event loop would stall every session whenever stderr or /dev/log
+    blocks (a pipe nobody reads, a busy syslog). At most ``size`` records wait; past that
+    new ones are dropped and counted, and the count is written when perceusd stops.
+    """
+
+    def __init__(self, targets: list[logging.Handler], size: int = LOG_QUEUE) -> None:
+        super().__init__(queue.Queue(size))
+        self.targets = targets
+        self.dropped = 0
+        self._thread = threading.Thread(target=self._run, name="perceusd-log", daemon=True)
+        self._thread.start()
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            self.dropped += 1
+
+    def _run(self) -> None:
+        while (record := self.queue.get()) is not None:
+            self._write(record)
+
+    def _write(self, record: logging.LogRecord) -> None:
+        for target in self.targets:
+            if record.levelno >= target.level:
+                target.handle(record)
+
+    def close(self) -> None:
+        """Write what is queued (for up to 2 s) and stop the thread."""
+        if self._thread.is_alive():
+            with contextlib.suppress(queue.Full):
+                self.queue.put(None, timeout=2)
+            self._thread.join(2)
+        if not self._thread.is_alive():  # else a target is stuck (holding its lock): leave them
+            if self.dropped:
+                note = logging.LogRecord("perceusd", logging.WARNING, __file__, 0, "", None, None)
+                note.msg = f"{self.dropped} log lines were dropped: the log output was not keeping up"
+                self._write(note)
+            for target in self.targets:
+                target.close()
+        super().close()
+
+
 def _setup_logging(foreground: bool) -> None:
     root = logging.getLogger("perceusd")
     root.setLevel(logging.INFO)
     root.propagate = False
     for handler in list(root.handlers):
         root.removeHandler(handler)
+        if isinstance(handler, _LogPump):
+            handler.close()
+    targets: list[logging.Handler] = []
     if foreground:
         stderr = logging.StreamHandler(sys.stderr)
         stderr.setFormatter(logging.Formatter("perceusd: %(message)s"))
-        root.addHandler(stderr)
+        targets.append(stderr)
     if os.path.exists("/dev/log"):
         try:
             syslog = logging.handlers.SysLogHandler("/dev/log", logging.handlers.SysLogHandler.LOG_DAEMON)
             syslog.setFormatter(logging.Formatter(f"perceusd[{os.getpid()}]: %(message)s"))
-            root.addHandler(syslog)
+            targets.append(syslog)
         except OSError:
             pass
+    if targets:
+        root.addHandler(_LogPump(targets))
+
+
+def _stop_logging() -> None:
+    root = logging.getLogger("perceusd")
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -380,6 +488,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"perceusd: error: {exc}", file=sys.stderr)
         sys.exit(1)
     if not args.foreground:
+        _stop_logging()  # write what is queued: the log thread does not survive the fork
         _daemonise()
         _setup_logging(False)
     try:
@@ -390,6 +499,8 @@ def main(argv: list[str] | None = None) -> None:
             pidfile.remove()
     except PerceusError as exc:
         log.error("error: %s", exc)
+        _stop_logging()
         print(f"perceusd: error: {exc}", file=sys.stderr)
         sys.exit(1)
+    _stop_logging()
     sys.exit(0)

@@ -49,10 +49,11 @@ not stop the rest, and a part that must stop provisioning says ``exit 1`` (which
 parts being one script, ends the whole nodescript). Adding ``set -e`` would change the
 meaning of scripts sites already have.
 
-perceusd passes ``destdir`` (a per-session staging directory: master-side parts see it as
-DESTDIR, with PERCEUS_SYSCONFDIR, and what they leave there becomes the node's overlay),
-``skip`` (parts to leave out: secret modules for unauthenticated nodes) and ``extra_env``
-(more variables for master-side parts). None of these is exported to the node.
+perceusd passes ``destdir`` (a per-session staging directory, or a function making it on
+first use: master-side parts see it as DESTDIR, with PERCEUS_SYSCONFDIR, and what they
+leave there becomes the node's overlay), ``skip`` (parts to leave out: secret modules for
+unauthenticated nodes) and ``extra_env`` (more variables for master-side parts). None of
+these is exported to the node.
 
 ``assemble_async`` does the work (perceusd is asyncio); ``assemble`` runs it to completion
 for synchronous callers and must not be called from inside a running event loop.
@@ -66,6 +67,8 @@ import re
 import shlex
 import signal
 import stat
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,6 +190,69 @@ def _inside(path: Path, root: Path) -> Path:
     return resolved
 
 
+# ---- caches: hundreds of nodes check in at once, and the directories rarely change ----
+#
+# A directory's listing (and that it lies inside the state directory) is kept while its
+# (device, inode, mtime, ctime) stays the same, but never for a directory changed in the last
+# RACY_SECONDS (a change within the same clock tick would not show in its mtime). Symlinked
+# entries are checked again at every use (their targets change without the directory).
+
+RACY_SECONDS = 2.0
+_CACHE_SIZE = 4096
+_Signature = tuple[int, int, int, int]
+_Listing = tuple[tuple[str, Path, bool], ...]
+_listings: "OrderedDict[tuple[str, str], tuple[_Signature, _Listing]]" = OrderedDict()
+_inside_dirs: "OrderedDict[tuple[str, str], _Signature]" = OrderedDict()
+_roots: dict[str, tuple[tuple[int, int], Path]] = {}
+
+
+def _dir_signature(path: Path) -> _Signature | None:
+    """(device, inode, mtime, ctime) of a directory (symlinks followed); None if it is not one."""
+    try:
+        info = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    if not stat.S_ISDIR(info.st_mode):
+        return None
+    return (info.st_dev, info.st_ino, info.st_mtime_ns, info.st_ctime_ns)
+
+
+def _cacheable(signature: _Signature) -> bool:
+    return time.time_ns() - max(signature[2], signature[3]) > RACY_SECONDS * 1e9
+
+
+def _remember(cache: OrderedDict, key: tuple, value: object) -> None:
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > _CACHE_SIZE:
+        cache.popitem(last=False)
+
+
+def _state_root(statedir: Path) -> Path:
+    """The resolved state directory, resolved again only when the path leads elsewhere."""
+    key = str(statedir)
+    try:
+        info = os.stat(statedir)
+        ident = (info.st_dev, info.st_ino)
+    except OSError:
+        return Path(statedir).resolve()
+    found = _roots.get(key)
+    if found is not None and found[0] == ident:
+        return found[1]
+    root = Path(statedir).resolve()
+    if len(_roots) > _CACHE_SIZE:
+        _roots.clear()
+    _roots[key] = (ident, root)
+    return root
+
+
+def clear_caches() -> None:
+    """Forget every cached directory listing (tests; never needed for correctness)."""
+    _listings.clear()
+    _inside_dirs.clear()
+    _roots.clear()
+
+
 def layers(nodescripts_dir: Path, vnfs_dir: Path, ctx: NodeContext) -> list[Path]:
     """The existing nodescript directories for this check-in, lowest (overridden first) first."""
     state = _component(ctx.state, "state", ctx)
@@ -200,12 +266,17 @@ def layers(nodescripts_dir: Path, vnfs_dir: Path, ctx: NodeContext) -> list[Path
     if ctx.groupname:
         candidates.append(base / "group" / _component(ctx.groupname, "group name", ctx))
     candidates.append(base / "node" / node)
-    root = Path(ctx.statedir).resolve()
+    root = _state_root(ctx.statedir)
     found = []
     for candidate in candidates:
-        if candidate.is_dir():
+        signature = _dir_signature(candidate)
+        if signature is None:
+            continue
+        key = (str(candidate), str(root))
+        if _inside_dirs.get(key) != signature:
             _inside(candidate, root)
-            found.append(candidate)
+            _remember(_inside_dirs, key, signature)
+        found.append(candidate)
     return found
 
 
@@ -213,31 +284,59 @@ def _ignored(name: str) -> bool:
     return name.startswith(".") or name.endswith(_BACKUP_SUFFIXES) or ".dpkg-" in name
 
 
+def _listing(layer: Path, root: Path) -> _Listing:
+    """A layer's candidate nodescripts, sorted by name: (name, path, is a symlink). Regular
+    files are final; symlinks are checked at use. Cached (see above)."""
+    signature = _dir_signature(layer)
+    key = (str(layer), str(root))
+    cached = _listings.get(key)
+    if cached is not None and signature is not None and cached[0] == signature:
+        _listings.move_to_end(key)
+        return cached[1]
+    try:
+        entries = sorted(os.scandir(layer), key=lambda entry: entry.name)
+    except OSError as exc:
+        raise PerceusError(f"cannot read nodescript directory: {exc.strerror}", str(layer)) from exc
+    found = []
+    for entry in entries:
+        if _ignored(entry.name):
+            continue
+        path = Path(layer) / entry.name
+        if entry.is_symlink():
+            found.append((entry.name, path, True))
+            continue
+        resolved = _inside(path, root)
+        try:
+            mode = resolved.stat().st_mode
+        except OSError:
+            continue
+        if stat.S_ISREG(mode):
+            found.append((entry.name, path, False))
+    listing = tuple(found)
+    if signature is not None and _cacheable(signature):
+        _remember(_listings, key, (signature, listing))
+    return listing
+
+
 def collect(layers: Sequence[Path], root: Path) -> list[Path]:
     """The nodescripts of ``layers``: later layers override earlier by basename; sorted by basename.
 
     ``root`` is the state directory: no symlink is followed out of it (PerceusError).
     """
-    root = Path(root).resolve()
+    root = _state_root(Path(root))
     chosen: dict[str, Path] = {}
     for layer in layers:
-        try:
-            entries = sorted(os.scandir(layer), key=lambda entry: entry.name)
-        except OSError as exc:
-            raise PerceusError(f"cannot read nodescript directory: {exc.strerror}", str(layer)) from exc
-        for entry in entries:
-            if _ignored(entry.name):
-                continue
-            path = Path(layer) / entry.name
-            resolved = _inside(path, root)
-            try:
-                mode = resolved.stat().st_mode
-            except OSError:
-                if entry.is_symlink():
+        for name, path, symlink in _listing(layer, root):
+            if symlink:
+                resolved = _inside(path, root)
+                try:
+                    mode = resolved.stat().st_mode
+                except OSError:
                     log.warning("ignoring dangling nodescript symlink %s", path)
-                continue
-            if stat.S_ISREG(mode):
-                chosen[entry.name] = path
+                    continue
+                if not stat.S_ISREG(mode):
+                    continue
+            chosen[name] = path
     return [chosen[name] for name in sorted(chosen)]
 
 
@@ -252,7 +351,7 @@ def plan(
     parts = collect(layers(nodescripts_dir, vnfs_dir, ctx), ctx.statedir)
     if skip is None:
         return parts
-    root = Path(ctx.statedir).resolve()
+    root = _state_root(ctx.statedir)
     return [path for path in parts if not skip(_inside(path, root))]
 
 
@@ -429,15 +528,23 @@ async def assemble_parts_async(
     *,
     timeout: float = 30.0,
     max_bytes: int = 4 << 20,
-    destdir: Path | None = None,
+    destdir: Path | Callable[[], Path] | None = None,
     skip: Callable[[Path], bool] | None = None,
     extra_env: Mapping[str, str] | None = None,
 ) -> Assembly:
     """:func:`assemble_async`, also saying which parts went in (perceusd announces a SCRIPT
-    only when there is at least one)."""
+    only when there is at least one).
+
+    ``destdir`` may also be a function that makes the staging directory: it is called
+    once, just before the first master-side part runs, and never when none does (perceusd
+    makes no directory for the many check-ins without one)."""
     budget = _Budget(timeout, max_bytes)
-    root = Path(ctx.statedir).resolve()
-    env = master_environment(ctx, destdir, extra_env)
+    root = _state_root(ctx.statedir)
+    if not callable(destdir):
+        env: dict[str, str] | None = master_environment(ctx, destdir, extra_env)
+    else:
+        master_environment(ctx, None, extra_env)  # refuse bad variables before anything runs
+        env = None
     parts = plan(ctx, nodescripts_dir, vnfs_dir, skip)
     script = bytearray(header(ctx))
     budget.take(len(script), Path(nodescripts_dir))
@@ -447,6 +554,9 @@ async def assemble_parts_async(
         fd, resolved, info = _open_part(path, root)
         if info.st_mode & 0o111:
             os.close(fd)
+            if env is None:
+                assert callable(destdir)
+                env = master_environment(ctx, destdir(), extra_env)
             body = await _run_part(path, resolved, env, budget)
         else:
             body = _read_part(fd, path, budget)

@@ -10,7 +10,8 @@
 * :func:`open_offer`: the VNFS files a session will stream, opened once so a VNFS replaced
   mid-transfer keeps serving the bytes that were offered, checked against the manifest.
 * :class:`Memo`: expensive facts (file sha256s, an image's directory set) computed once
-  per file version, in a thread, however many sessions ask at the same moment.
+  per file version, in a thread, however many sessions ask at the same moment;
+  :func:`warm` fills them for every imported VNFS when perceusd starts or reloads.
 """
 
 import asyncio
@@ -31,8 +32,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from perceus.imagefmt import image
+from perceus.server import overlay, vnfsconfigure
 from perceus.server import vnfs as vnfs_mod
-from perceus.server import vnfsconfigure
 from perceus.server.config import Settings
 from perceus.server.db import Node, open_database
 from perceus.server.errors import PerceusError
@@ -254,6 +255,41 @@ def _kernel_args(v: vnfs_mod.Vnfs) -> str:
     if len(args.encode()) > protocol.MAX_KERNEL_ARGS:
         raise PerceusError(f"KERNEL_ARGS is longer than {protocol.MAX_KERNEL_ARGS} bytes", str(config))
     return args
+
+
+async def image_directories(opened: OpenVnfs, dirs: Memo) -> frozenset[str]:
+    """The directories of the offered image (what the overlay must not emit), memoised."""
+    fd = opened.image.fileno()
+    return await dirs.get(
+        ("dirs", str(opened.vnfs.path), opened.image_sha256),
+        lambda: overlay.image_directories(Path(f"/proc/self/fd/{fd}"), opened.chunks),
+    )
+
+
+async def warm(store: vnfs_mod.VnfsStore, hashes: Memo, dirs: Memo) -> int:
+    """Hash and list every imported VNFS's image into the memos, one after the other, so the
+    first nodes after start-up (or SIGHUP) do not pay for it; a node arriving meanwhile
+    waits on the same computation. Returns how many VNFS were warmed; one that cannot be
+    read is logged and skipped (its nodes will get the error)."""
+    warmed = 0
+    try:
+        names = await asyncio.to_thread(store.names)
+    except OSError as exc:
+        log.warning("cannot list the VNFS to warm the caches: %s", exc)
+        return 0
+    for name in names:
+        v = vnfs_mod.Vnfs(name, store.root / name)
+        try:
+            opened = await open_offer(v, hashes)
+            try:
+                await image_directories(opened, dirs)
+            finally:
+                opened.close()
+        except (PerceusError, OSError, ValueError) as exc:
+            log.warning("VNFS %s: cannot prepare its image: %s", name, exc)
+            continue
+        warmed += 1
+    return warmed
 
 
 def chunk_entries(chunks: list[image.Chunk]) -> tuple[protocol.ChunkEntry, ...]:

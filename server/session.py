@@ -2,20 +2,30 @@
 
 The protocol object decides what may be sent and received; this module does the I/O
 around it: reads bounded by the timeout of the state the session is in, the check-in,
-the nodescript, the offer, and the image, overlay and kernel bytes (image and kernel with
-``loop.sendfile``, zero-copy). Whatever a node does — garbage, silence, a disconnect, a
-request out of range — ends this session only: a protocol error is answered with the
-ERROR the protocol object names, a silent node with ERROR(TIMEOUT), a failure on the
-master with ERROR(INTERNAL), and the connection is closed. Each session ends in one log
-line: node name, MAC, state, peer, outcome.
+the nodescript, the offer, and the image, overlay and kernel bytes (image and kernel
+zero-copy, with sendfile(2) in the daemon's :class:`Streamer` thread). Whatever a node
+does — garbage, silence, a disconnect, a request out of range — ends this session only:
+a protocol error is answered with the ERROR the protocol object names, a silent node
+with ERROR(TIMEOUT), a failure on the master with ERROR(INTERNAL), and the connection is
+closed. Each session ends in one log line: node name, MAC, state, peer, outcome.
+
+Between HELLO and ASSIGN the session does as little as it can on the event loop, since
+hundreds of nodes check in at once: the database round trip is batched by
+:class:`perceus.server.provision.CheckinWriter`, the nodescript plan is cached, the
+overlay's staging directory is made only when a master-side part is about to run, and
+the image is opened, hashed (memoised) and the overlay built only after ASSIGN.
 """
 
 import asyncio
 import hashlib
 import logging
+import os
+import queue
+import select
 import shutil
 import socket
 import tempfile
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -49,10 +59,16 @@ from perceus.stage1.protocol import (
     Wait,
 )
 
+try:
+    from perceus.native.sysio import sendfile_all as _sendfile
+except ImportError:  # the native module is not built: one os.sendfile per wake-up
+    _sendfile = os.sendfile
+
 log = logging.getLogger("perceusd")
 
 READ_SIZE = 64 << 10
-SENDFILE_SLICE = 8 << 20  # bytes per sendfile call: progress and the rate stay live
+SENDFILE_SLICE = 8 << 20  # bytes per loop.sendfile call (only without a Streamer)
+PROGRESS_TICK = 0.5  # seconds between progress updates of a streaming session
 WRITE_PIECE = 1 << 20  # overlay bytes written per drain
 MAX_NODE_LOGS = 100  # LOG lines relayed per session; a chatty node cannot flood syslog
 RATE_WINDOW = 5.0  # seconds the rate is averaged over
@@ -74,6 +90,7 @@ class Context:
     script_timeout: float = 60.0
     max_idle: float | None = None  # caps every protocol timeout (tests use a short one)
     sndbuf: int = 0  # SO_SNDBUF to set (0: leave the kernel's autotuning)
+    streamer: "Streamer | None" = None  # None: stream with loop.sendfile on the event loop
 
     @property
     def store(self) -> VnfsStore:
@@ -93,7 +110,17 @@ class Progress:
     phase: str = "hello"
     bytes_sent: int = 0
     bytes_total: int = 0
+    checkin_s: float | None = None  # HELLO read -> ASSIGN or WAIT written, seconds
+    _hello_at: float = field(default_factory=time.perf_counter, repr=False)
     _samples: deque = field(default_factory=lambda: deque(maxlen=64), repr=False)
+
+    def hello(self) -> None:
+        """HELLO is read: the master's part of the check-in starts."""
+        self._hello_at = time.perf_counter()
+
+    def answered(self) -> None:
+        """ASSIGN or WAIT is written: the check-in's latency on the master's side is known."""
+        self.checkin_s = time.perf_counter() - self._hello_at
 
     def account(self, count: int) -> None:
         self.bytes_sent += count
@@ -139,6 +166,189 @@ class NodeError(Exception):
 
 class Aborted(Exception):
     """The session cannot go on and nothing can be said (in the middle of raw bytes)."""
+
+
+class _EndedEarly(Exception):
+    """The file being streamed ended before the bytes that were announced."""
+
+
+class StreamJob:
+    """One IMAGE_DATA's raw bytes, moved by the :class:`Streamer` thread.
+
+    ``sent`` grows as bytes go (read it from the event loop for progress); ``future``
+    resolves once the thread has let go of the job: None when every byte went (or the
+    job was cancelled), else the error. The job holds its own duplicates of the socket
+    and file descriptors, so a session that closes either meanwhile cannot make the
+    thread write to a reused descriptor.
+    """
+
+    __slots__ = ("out_fd", "in_fd", "offset", "left", "sent", "future", "loop")
+
+    def __init__(
+        self, out_fd: int, in_fd: int, offset: int, count: int, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self.out_fd, self.in_fd = out_fd, in_fd
+        self.offset, self.left, self.sent = offset, count, 0
+        self.loop = loop
+        self.future: asyncio.Future = loop.create_future()
+
+
+_STOP = object()
+
+
+def _settle(future: asyncio.Future, error: BaseException | None) -> None:
+    if not future.done():
+        future.set_result(error)
+
+
+class Streamer:
+    """The one thread that streams every session's image and kernel bytes.
+
+    ``loop.sendfile`` re-arms the socket in the event loop's selector after every partial
+    sendfile(2); with hundreds of nodes downloading at once that bookkeeping (hundreds of
+    thousands of epoll register/unregister pairs and callbacks) fills the event loop, and
+    every check-in waits behind it. Here a socket stays in this thread's own epoll
+    (level-triggered) from the first byte of an IMAGE_DATA to the last; each wake-up is one
+    sendfile in C with the GIL released (:func:`perceus.native.sysio.sendfile_all`, or
+    ``os.sendfile`` without the native module), and the session hears once, at the end.
+    """
+
+    def __init__(self) -> None:
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._epoll: select.epoll | None = None
+        self._wake = (-1, -1)
+        self._thread: threading.Thread | None = None
+        self._jobs: dict[int, StreamJob] = {}  # the thread's alone, by the job's socket fd
+
+    def start(self) -> None:
+        self._epoll = select.epoll()
+        self._wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._epoll.register(self._wake[0], select.EPOLLIN)
+        self._thread = threading.Thread(target=self._run, name="perceusd-stream", daemon=True)
+        self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
+
+    def stop(self) -> None:
+        """End the thread; jobs still running end as cancelled."""
+        if self._thread is None:
+            return
+        self._post(_STOP)
+        self._thread.join(10)
+        self._thread = None
+        for fd in self._wake:
+            os.close(fd)
+        assert self._epoll is not None
+        self._epoll.close()
+
+    def send(self, sock_fd: int, file_fd: int, offset: int, count: int) -> StreamJob:
+        """Start sending ``count`` bytes of ``file_fd`` from ``offset`` on ``sock_fd`` (non-blocking,
+        with nothing else queued on it); await ``job.future``."""
+        if self._thread is None:
+            raise RuntimeError("the streamer is not running")
+        out_fd = os.dup(sock_fd)
+        try:
+            in_fd = os.dup(file_fd)
+        except OSError:
+            os.close(out_fd)
+            raise
+        job = StreamJob(out_fd, in_fd, offset, count, asyncio.get_running_loop())
+        self._post(job)
+        return job
+
+    def cancel(self, job: StreamJob) -> None:
+        """Stop ``job`` (its future then resolves with None)."""
+        self._post(("cancel", job))
+
+    def _post(self, item: object) -> None:
+        self._inbox.put(item)
+        try:
+            os.write(self._wake[1], b"x")
+        except BlockingIOError:
+            pass  # the pipe is full: the thread is due to wake anyway
+
+    # -- the thread --
+
+    def _run(self) -> None:
+        epoll, wake = self._epoll, self._wake[0]
+        assert epoll is not None
+        while True:
+            for fd, _mask in epoll.poll():
+                if fd == wake:
+                    if not self._commands():
+                        return
+                    continue
+                job = self._jobs.get(fd)
+                if job is not None:
+                    self._pump(job)
+
+    def _commands(self) -> bool:
+        """Take the inbox; False once told to stop."""
+        try:
+            while os.read(self._wake[0], 4096):
+                pass
+        except BlockingIOError:
+            pass
+        while True:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return True
+            if item is _STOP:
+                for job in list(self._jobs.values()):
+                    self._finish(job, None)
+                return False
+            if isinstance(item, StreamJob):
+                self._add(item)
+            else:
+                _, job = item
+                if self._jobs.get(job.out_fd) is job:
+                    self._finish(job, None)
+
+    def _add(self, job: StreamJob) -> None:
+        assert self._epoll is not None
+        self._jobs[job.out_fd] = job
+        try:
+            self._epoll.register(job.out_fd, select.EPOLLOUT)
+        except OSError as exc:
+            self._finish(job, exc)
+            return
+        self._pump(job)
+
+    def _pump(self, job: StreamJob) -> None:
+        if job.left:
+            try:
+                sent = _sendfile(job.out_fd, job.in_fd, job.offset, job.left)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self._finish(job, exc)
+                return
+            if not sent:
+                self._finish(job, _EndedEarly())
+                return
+            job.offset += sent
+            job.left -= sent
+            job.sent += sent  # the event loop reads it: one int store, atomic under the GIL
+        if not job.left:
+            self._finish(job, None)
+
+    def _finish(self, job: StreamJob, error: BaseException | None) -> None:
+        assert self._epoll is not None
+        if self._jobs.get(job.out_fd) is job:
+            del self._jobs[job.out_fd]
+            try:
+                self._epoll.unregister(job.out_fd)
+            except (OSError, ValueError):
+                pass
+        os.close(job.out_fd)
+        os.close(job.in_fd)
+        try:
+            job.loop.call_soon_threadsafe(_settle, job.future, error)
+        except RuntimeError:
+            pass  # the event loop is closed: nobody waits
 
 
 def _peer_host(address: object) -> str:
@@ -221,6 +431,7 @@ class Session:
     async def _serve(self) -> None:
         conn, ctx, p = self.conn, self.ctx, self.progress
         hello = await self._event()
+        p.hello()
         assert isinstance(hello, Hello)
         p.nodeid, p.state = hello.nodeid, hello.state
         if ctx.site_key is not None:
@@ -237,11 +448,11 @@ class Session:
         if decision.action is provision.Action.WAIT:
             self.outcome = f"wait {ctx.retry} s: {decision.reason}"
             await self._send(Wait(ctx.retry, decision.reason))
+            p.answered()
             return
         assert node is not None
         p.name = node.hostname
         p.phase = "script"
-        self.destdir = Path(tempfile.mkdtemp(prefix="perceusd."))
         node_ctx = nodescripts.NodeContext.from_node(node, hello.state, ctx.settings, ipaddr=self.peer_ip)
         paths = ctx.settings.paths
         assembly = await nodescripts.assemble_parts_async(
@@ -250,7 +461,7 @@ class Session:
             paths.vnfs_dir,
             timeout=ctx.script_timeout,
             max_bytes=protocol.MAX_SCRIPT,
-            destdir=self.destdir,
+            destdir=self._staging,
             skip=provision.secret_filter(paths, ctx.site_key, conn.authenticated),
             extra_env={"PERCEUS_SYSCONFDIR": str(paths.sysconfdir)},
         )
@@ -258,6 +469,7 @@ class Session:
         if decision.vnfs is not None:
             follows |= Follows.IMAGE
         await self._send(Assign(node.hostname, decision.vnfs_name, follows))
+        p.answered()
         if assembly.parts:
             await self._send(Script(assembly.script))
             result = await self._event()
@@ -278,15 +490,17 @@ class Session:
         await self._offer(node.hostname, node.nodeid, node.group, decision)
         await self._transfer()
 
+    def _staging(self) -> Path:
+        """The overlay staging directory (DESTDIR of master-side parts), made on first use."""
+        if self.destdir is None:
+            self.destdir = Path(tempfile.mkdtemp(prefix="perceusd."))
+        return self.destdir
+
     async def _offer(self, name: str, nodeid: str, group: str, decision: provision.Decision) -> None:
         ctx = self.ctx
         assert decision.vnfs is not None
         self.opened = opened = await provision.open_offer(decision.vnfs, ctx.hashes)
-        fd = opened.image.fileno()
-        image_dirs = await ctx.dirs.get(
-            ("dirs", str(decision.vnfs.path), opened.image_sha256),
-            lambda: overlay.image_directories(Path(f"/proc/self/fd/{fd}"), opened.chunks),
-        )
+        image_dirs = await provision.image_directories(opened, ctx.dirs)
         conf = {
             "NODENAME": name,
             "NODEID": nodeid,
@@ -338,6 +552,43 @@ class Session:
         handle = self.opened.image if header.kind is ObjectKind.IMAGE else self.opened.kernel
         if handle is None:
             raise Aborted("no kernel file to send")
+        sock = self.writer.get_extra_info("socket")
+        streamer = self.ctx.streamer
+        if streamer is None or not streamer.running or sock is None:
+            await self._stream_on_loop(header, handle)
+            return
+        if self.writer.transport.get_write_buffer_size():
+            await self._drain()  # the high-water mark is 0: this empties the buffer
+        loop = asyncio.get_running_loop()
+        limit = self._limit(State.RAW)
+        job = streamer.send(sock.fileno(), handle.fileno(), header.offset, header.length)
+        accounted, moved_at = 0, loop.time()
+        try:
+            while not job.future.done():
+                await asyncio.wait((job.future,), timeout=PROGRESS_TICK)
+                sent = job.sent
+                if sent > accounted:
+                    self._account(sent - accounted)
+                    accounted, moved_at = sent, loop.time()
+                elif not job.future.done() and loop.time() - moved_at >= limit:
+                    raise Aborted(f"the node took no data for {limit:g} s")
+        finally:
+            if not job.future.done():
+                streamer.cancel(job)
+                await asyncio.shield(job.future)  # the thread has let go of the descriptors
+        if job.sent > accounted:
+            self._account(job.sent - accounted)
+        error = job.future.result()
+        if isinstance(error, _EndedEarly):
+            raise Aborted(f"{header.kind.name} file ended {job.left} bytes early")
+        if error is not None:
+            raise ConnectionResetError(str(error))
+
+    def _account(self, count: int) -> None:
+        self.conn.raw_sent(count)
+        self.progress.account(count)
+
+    async def _stream_on_loop(self, header: ImageData, handle) -> None:
         loop = asyncio.get_running_loop()
         transport = self.writer.transport
         offset, left = header.offset, header.length
@@ -351,8 +602,7 @@ class Session:
             except RuntimeError as exc:  # the transport closed under us
                 raise ConnectionResetError(str(exc)) from None
             if sent:
-                self.conn.raw_sent(sent)
-                self.progress.account(sent)
+                self._account(sent)
             if sent != count:
                 raise Aborted(f"{header.kind.name} file ended {left - sent} bytes early")
             offset += sent
@@ -411,6 +661,8 @@ class Session:
         await self._drain()
 
     async def _drain(self) -> None:
+        if not self.writer.transport.get_write_buffer_size() and not self.writer.transport.is_closing():
+            return  # all went to the socket: no task, no timer (hundreds of check-ins at once)
         limit = self._limit(State.RAW)
         try:
             await asyncio.wait_for(self.writer.drain(), limit)
@@ -431,6 +683,9 @@ class Session:
             pass
 
     def _tune_socket(self) -> None:
+        # drain() waits for an empty buffer: frames are small, and the Streamer needs the
+        # socket to itself (nothing queued in the transport) before raw bytes go.
+        self.writer.transport.set_write_buffer_limits(high=0)
         sock = self.writer.get_extra_info("socket")
         if sock is None:
             return
