@@ -57,10 +57,14 @@ class NameTemplate:
 
     def first_free(self, hostnames: Iterable[str]) -> str:
         """The lowest unused name; an error when ``Total Nodes`` names are all taken."""
-        taken = {n for n in map(self.number_of, hostnames) if n is not None}
-        number = self.first
-        while number in taken:
-            number += 1
+        return self.allocator(hostnames).take()
+
+    def allocator(self, hostnames: Iterable[str]) -> "NameAllocator":
+        """Hands out the free names in order, reading the taken ones once (a batch of new nodes)."""
+        return NameAllocator(self, {n for n in map(self.number_of, hostnames) if n is not None})
+
+    def bounded_name(self, number: int) -> str:
+        """The name of ``number``; an error past ``Total Nodes``."""
         if self.total is not None and number >= self.first + self.total:
             raise PerceusError(
                 f"no free node name: all {self.total} names from {self.name(self.first)} "
@@ -68,3 +72,25 @@ class NameTemplate:
                 "defaults.conf: Total Nodes",
             )
         return self.name(number)
+
+
+class NameAllocator:
+    """The lowest free numbers of one template, in order; names it hands out count as taken."""
+
+    def __init__(self, template: NameTemplate, taken: set[int]) -> None:
+        self.template = template
+        self.taken = taken
+        self.next = template.first
+
+    def take(self) -> str:
+        while self.next in self.taken:
+            self.next += 1
+        name = self.template.bounded_name(self.next)
+        self.taken.add(self.next)
+        return name
+
+    def reserve(self, hostname: str) -> None:
+        """A name given explicitly: later automatic names skip it."""
+        number = self.template.number_of(hostname)
+        if number is not None:
+            self.taken.add(number)

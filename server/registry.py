@@ -30,6 +30,7 @@ def add_nodes(db: Database, settings: Settings, entries: Iterable[NewNode]) -> l
     added: list[Node] = []
     with db.transaction():
         hostnames = set(db.hostnames())
+        names = template.allocator(hostnames)
         for entry in entries:
             existing = db.node(entry.mac)
             if existing is not None:
@@ -38,7 +39,9 @@ def add_nodes(db: Database, settings: Settings, entries: Iterable[NewNode]) -> l
                 )
             if entry.hostname is not None and entry.hostname in hostnames:
                 raise PerceusError(f"node name '{entry.hostname}' is already taken", entry.where)
-            hostname = entry.hostname or template.first_free(hostnames)
+            if entry.hostname is not None:
+                names.reserve(entry.hostname)
+            hostname = entry.hostname or names.take()
             now = int(time.time())
             node = Node(
                 nodeid=entry.mac,

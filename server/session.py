@@ -440,6 +440,8 @@ class Session:
             await self._event()  # AUTH_RESPONSE, verified by the protocol object
         p.phase = "checkin"
         node = await ctx.db.checkin(hello.nodeid, hello.state, self.peer_ip)
+        if node is not None:
+            p.name = node.hostname  # the log line names a waiting node too
         decision = provision.decide(node, hello.state, ctx.store)
         if decision.action is provision.Action.REFUSE:
             self.outcome = f"refused: {decision.reason}"
@@ -451,7 +453,6 @@ class Session:
             p.answered()
             return
         assert node is not None
-        p.name = node.hostname
         p.phase = "script"
         node_ctx = nodescripts.NodeContext.from_node(node, hello.state, ctx.settings, ipaddr=self.peer_ip)
         paths = ctx.settings.paths

@@ -48,3 +48,14 @@ def test_total_nodes_exhausted_is_an_error() -> None:
 def test_custom_names_do_not_block_numbers() -> None:
     names = template("")
     assert names.first_free(["n0000x", "node0000", "n000", "n00000"]) == "n0000"
+
+
+def test_allocator_hands_out_free_names_in_order_for_a_batch() -> None:
+    """perceusd adds hundreds of booting nodes in one transaction: one scan, then a cursor."""
+    names = template("Node Name = n#\nTotal Nodes = 6\n")
+    batch = names.allocator(["n0", "n2"])
+    batch.reserve("n3")  # a name given explicitly in the same batch
+    assert [batch.take(), batch.take()] == ["n1", "n4"]
+    assert batch.take() == "n5"
+    with pytest.raises(PerceusError, match="all 6 names"):
+        batch.take()
