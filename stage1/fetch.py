@@ -160,6 +160,11 @@ class ObjectFetch:
     def complete(self) -> bool:
         return self.good == self.size
 
+    @property
+    def threaded(self) -> bool:
+        """Whether bytes are hashed on worker threads (so fed buffers must stay until released)."""
+        return self._lanes is not None
+
     def _reset_transfer(self) -> None:
         self._pos = self.good
         self._chunk = hashlib.sha256()

@@ -48,7 +48,7 @@ __all__ = ["CheckIn", "Outcome", "SessionFailed", "check_in"]
 
 log = logging.getLogger("perceus.stage1")
 
-RECV_BUFFER = 1 << 20
+RECV_BUFFER = 256 << 10
 MAX_POOLED = 64  # free raw buffers kept per thread
 CONNECT_TIMEOUT = 10.0
 
@@ -107,6 +107,10 @@ def _shared_buffer() -> memoryview:
     return buf
 
 
+def _keep() -> None:
+    """The release of the shared buffer: nothing to do."""
+
+
 def _raw_buffer() -> tuple[memoryview, Callable[[], None]]:
     """A receive buffer for raw image bytes that are hashed where they land, on a worker thread.
 
@@ -139,6 +143,7 @@ class _Link(asyncio.BufferedProtocol):
         self.failure: SessionFailed | None = None
         self.waiter: asyncio.Future | None = None
         self.raw_target: Callable[..., None] | None = None  # feed(data, release=None)
+        self.raw_pooled = False  # the raw target keeps the bytes (hashing threads): pooled buffers
         self._buffer: memoryview | None = None  # the buffer get_buffer handed out
         self._release: Callable[[], None] | None = None  # gives it back, when it is a raw one
         self.bytes_received = 0
@@ -155,7 +160,10 @@ class _Link(asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int) -> memoryview:
         if self._buffer is None:
             if self.raw_target is not None and self.conn.raw_wanted():
-                self._buffer, self._release = _raw_buffer()
+                if self.raw_pooled:
+                    self._buffer, self._release = _raw_buffer()
+                else:  # hashed right away, in place: the shared buffer, nothing to give back
+                    self._buffer, self._release = _shared_buffer(), _keep
             else:
                 self._buffer, self._release = _shared_buffer(), None
         return self._buffer
@@ -432,7 +440,7 @@ async def _fetch_all(link: _Link, download: Download) -> None:
         while not obj.complete:
             await obj.quiesce()
             offset = obj.begin(link.transport)
-            link.raw_target = obj.feed
+            link.raw_target, link.raw_pooled = obj.feed, obj.threaded
             link.send(ImageRequest(kind, offset, 0))
             header = await link.expect(ImageData)
             assert isinstance(header, ImageData)

@@ -62,6 +62,9 @@ class SimOptions:
     connect_timeout: float = CONNECT_TIMEOUT
     io_timeout: float | None = None
     timeout: float | None = None  # seconds for one node's whole run
+    # Hash on worker threads beside the receiving (None: when this process runs fewer nodes than
+    # there are cores; more nodes than cores keep every core busy hashing in place, which is cheaper).
+    hash_threads: bool | None = None
 
 
 @dataclass
@@ -212,7 +215,8 @@ class _Node:
             path.mkdir(parents=True, exist_ok=True)
         while True:
             since_ns = _fs_clock_ns()  # files changed from now on are this boot's DESTDIR files
-            download = Download(_node_dir_sinks(self.dir, self.opts.discard), hash_executor())
+            lanes = None if self.opts.hash_threads is False else hash_executor()
+            download = Download(_node_dir_sinks(self.dir, self.opts.discard), lanes)
             try:
                 outcome = await self._check_in("init", download)
             finally:
@@ -288,7 +292,8 @@ async def simulate_nodes(opts: SimOptions, count: int, *, macs: list[str] | None
     own_dir = opts.simdir is None
     simdir = Path(tempfile.mkdtemp(prefix="perceus-sim-")) if own_dir else opts.simdir
     assert simdir is not None
-    shared = replace(opts, simdir=simdir)
+    threads = opts.hash_threads if opts.hash_threads is not None else count < (os.cpu_count() or 1)
+    shared = replace(opts, simdir=simdir, hash_threads=threads)
     try:
         chosen = list(macs or [])[:count]
         chosen += [None] * (count - len(chosen))  # type: ignore[list-item]
