@@ -40,7 +40,7 @@ from perceus.server.config import Settings
 from perceus.server.errors import PerceusError
 from perceus.server.fsutil import atomic_write
 from perceus.server.paths import Paths
-from perceus.server.session import Context, Progress, Session, Streamer, sndbuf_size
+from perceus.server.session import Context, Progress, Session, Streamer
 from perceus.stage1 import protocol
 
 log = logging.getLogger("perceusd")
@@ -173,7 +173,6 @@ class Server:
             provisiond_interval=int(settings.perceus.get("provisiond interval")),
             script_timeout=self.options.script_timeout,
             max_idle=self.options.max_idle,
-            sndbuf=sndbuf_size(),
             streamer=self.streamer,
         )
 
