@@ -39,7 +39,7 @@ from perceus.server import control
 BIN = Path(sys.executable).parent
 MiB = 1 << 20
 IMAGE_MIB = 64
-ROUNDS = int(os.environ.get("PERCEUS_BENCH_ROUNDS", "2"))
+ROUNDS = int(os.environ.get("PERCEUS_BENCH_ROUNDS", "0"))  # 0: 5 rounds up to N = 32, then 2
 SIZES = (1, 32, 128, 512)
 WORKERS = max(1, min(4, os.cpu_count() or 1))
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -151,7 +151,8 @@ def _run_perceus(root: Path, capsule: Path, nodes: int) -> dict:
     env = _instance(root, capsule)
     daemon = Perceusd(env, root / "perceusd.log")
     try:
-        argv = [str(BIN / "perceus-sim"), "--master", f"127.0.0.1:{daemon.port}", "--nodes", str(nodes)]
+        argv = [str(BIN / "perceus-sim"), "--master", f"127.0.0.1:{daemon.port}"]
+        argv += ["--nodes", str(nodes)]
         argv += ["--json", "--discard", "--workers", str(min(WORKERS, nodes)), "--timeout", "900"]
         proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=1200)
         rss = daemon.peak_rss_mb()
@@ -226,7 +227,7 @@ def test_boot_side_by_side(nodes, capsule, image, tmp_path, record_property, ben
         assert summary["ok"] == nodes and summary["db_ready"] == nodes
         ours.append(summary)
 
-    benchmark.pedantic(run_perceus, setup=run_nginx, rounds=ROUNDS)
+    benchmark.pedantic(run_perceus, setup=run_nginx, rounds=ROUNDS or (5 if nodes <= 32 else 2))
     mbps = statistics.median(s["mb_per_s"] for s in ours)
     ngx = statistics.median(r["mb_per_s"] for r in theirs)
     wall = statistics.median(s["wall_s"] for s in ours)
