@@ -22,6 +22,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
+from perceus.native.nodeset import fold
 from perceus.stage1.cmdline import parse_masters
 from perceus.stage1.protocol import check_site_key
 from perceus.stage1.retry import RetryPolicy
@@ -34,44 +35,8 @@ MAX_FAILURES_SHOWN = 5
 
 
 def fold_names(names: list[str]) -> str:
-    """``n0000 n0001 n0003`` -> ``n[0000-0001,0003]`` (the native folder when built, else a local one)."""
-    if not names:
-        return ""
-    try:
-        from perceus.native.nodeset import fold
-
-        return fold(names)
-    except ImportError:
-        return _fold(names)
-
-
-def _fold(names: list[str]) -> str:
-    """A tiny fold for ``<prefix><digits>`` names; anything else is listed as it is."""
-    groups: dict[tuple[str, int], list[int]] = {}
-    others = []
-    for name in sorted(set(names)):
-        stem = name.rstrip("0123456789")
-        digits = name[len(stem) :]
-        if digits:
-            groups.setdefault((stem, len(digits)), []).append(int(digits))
-        else:
-            others.append(name)
-    parts = []
-    for (stem, width), numbers in sorted(groups.items()):
-        numbers.sort()
-        if len(numbers) == 1:
-            parts.append(f"{stem}{numbers[0]:0{width}d}")
-            continue
-        ranges, start, prev = [], numbers[0], numbers[0]
-        for n in [*numbers[1:], None]:
-            if n is not None and n == prev + 1:
-                prev = n
-                continue
-            ranges.append(f"{start:0{width}d}" if start == prev else f"{start:0{width}d}-{prev:0{width}d}")
-            if n is not None:
-                start = prev = n
-        parts.append(f"{stem}[{','.join(ranges)}]")
-    return ",".join(parts + others)
+    """``n0000 n0001 n0003`` -> ``n[0000-0001,0003]``, as ``perceus node`` folds them."""
+    return fold(names) if names else ""
 
 
 def percentile(values: list[float], p: float) -> float:

@@ -72,7 +72,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from perceus.server import netinfo
 from perceus.server.config import Settings
@@ -532,12 +532,15 @@ async def assemble_parts_async(
     skip: Callable[[Path], bool] | None = None,
     extra_env: Mapping[str, str] | None = None,
 ) -> Assembly:
-    """:func:`assemble_async`, also saying which parts went in (perceusd announces a SCRIPT
-    only when there is at least one).
+    """The nodescript for this check-in and which parts went in (perceusd announces a SCRIPT
+    only when there is at least one), built without blocking perceusd's event loop.
 
-    ``destdir`` may also be a function that makes the staging directory: it is called
-    once, just before the first master-side part runs, and never when none does (perceusd
-    makes no directory for the many check-ins without one)."""
+    ``destdir``: the session's empty overlay staging directory, DESTDIR to master-side
+    parts (what they leave there reaches the node's root); it may also be a function that
+    makes it, called once just before the first master-side part runs and never when none
+    does (perceusd makes no directory for the many check-ins without one).
+    ``skip(resolved_path)``: parts to leave out; ``extra_env``: more variables for
+    master-side parts only."""
     budget = _Budget(timeout, max_bytes)
     root = _state_root(ctx.statedir)
     if not callable(destdir):
@@ -567,57 +570,12 @@ async def assemble_parts_async(
     return Assembly(bytes(script), tuple(parts))
 
 
-async def assemble_async(
-    ctx: NodeContext,
-    nodescripts_dir: Path,
-    vnfs_dir: Path,
-    *,
-    timeout: float = 30.0,
-    max_bytes: int = 4 << 20,
-    destdir: Path | None = None,
-    skip: Callable[[Path], bool] | None = None,
-    extra_env: Mapping[str, str] | None = None,
-) -> bytes:
-    """The nodescript for this check-in, built without blocking perceusd's event loop.
-
-    ``destdir``: the session's empty overlay staging directory, DESTDIR to master-side
-    parts (what they leave there reaches the node's root); ``skip(resolved_path)``: parts
-    to leave out; ``extra_env``: more variables for master-side parts only.
-    """
-    assembly = await assemble_parts_async(
-        ctx,
-        nodescripts_dir,
-        vnfs_dir,
-        timeout=timeout,
-        max_bytes=max_bytes,
-        destdir=destdir,
-        skip=skip,
-        extra_env=extra_env,
-    )
-    return assembly.script
+async def assemble_async(ctx: NodeContext, nodescripts_dir: Path, vnfs_dir: Path, **options: Any) -> bytes:
+    """The nodescript for this check-in, built without blocking perceusd's event loop;
+    ``options`` as :func:`assemble_parts_async` takes them."""
+    return (await assemble_parts_async(ctx, nodescripts_dir, vnfs_dir, **options)).script
 
 
-def assemble(
-    ctx: NodeContext,
-    nodescripts_dir: Path,
-    vnfs_dir: Path,
-    *,
-    timeout: float = 30.0,
-    max_bytes: int = 4 << 20,
-    destdir: Path | None = None,
-    skip: Callable[[Path], bool] | None = None,
-    extra_env: Mapping[str, str] | None = None,
-) -> bytes:
+def assemble(ctx: NodeContext, nodescripts_dir: Path, vnfs_dir: Path, **options: Any) -> bytes:
     """The nodescript for this check-in, for callers without an event loop (the CLI, tests)."""
-    return asyncio.run(
-        assemble_async(
-            ctx,
-            nodescripts_dir,
-            vnfs_dir,
-            timeout=timeout,
-            max_bytes=max_bytes,
-            destdir=destdir,
-            skip=skip,
-            extra_env=extra_env,
-        )
-    )
+    return asyncio.run(assemble_async(ctx, nodescripts_dir, vnfs_dir, **options))

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from perceus.imagefmt import image
-from perceus.server import overlay, vnfsconfigure
+from perceus.server import modules, overlay, vnfsconfigure
 from perceus.server import vnfs as vnfs_mod
 from perceus.server.config import Settings
 from perceus.server.db import Node, open_database
@@ -90,15 +90,11 @@ def decide(node: Node | None, state: str, store: vnfs_mod.VnfsStore) -> Decision
 
 def secret_filter(paths: Paths, site_key: bytes | None, authenticated: bool) -> Callable[[Path], bool] | None:
     """The nodescript ``skip`` for this node: secret module parts are withheld when the master
-    has a site key and the node did not prove it. Without the modules code, nothing is secret."""
+    has a site key and the node did not prove it."""
     if site_key is None or authenticated:
         return None
     found = _SECRET_FILTERS.get(paths)
     if found is None:
-        try:
-            from perceus.server import modules  # written alongside perceusd; absent in older trees
-        except ImportError:
-            return None
         found = _SECRET_FILTERS[paths] = modules.secret_filter(paths)
     return found
 

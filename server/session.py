@@ -31,6 +31,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from perceus.native.sysio import sendfile_all
 from perceus.server import nodescripts, overlay, provision
 from perceus.server.config import Settings
 from perceus.server.errors import PerceusError
@@ -59,15 +60,9 @@ from perceus.stage1.protocol import (
     Wait,
 )
 
-try:
-    from perceus.native.sysio import sendfile_all as _sendfile
-except ImportError:  # the native module is not built: one os.sendfile per wake-up
-    _sendfile = os.sendfile
-
 log = logging.getLogger("perceusd")
 
 READ_SIZE = 64 << 10
-SENDFILE_SLICE = 8 << 20  # bytes per loop.sendfile call (only without a Streamer)
 PROGRESS_TICK = 0.5  # seconds between progress updates of a streaming session
 WRITE_PIECE = 1 << 20  # overlay bytes written per drain
 MAX_NODE_LOGS = 100  # LOG lines relayed per session; a chatty node cannot flood syslog
@@ -83,17 +78,13 @@ class Context:
     db: provision.CheckinWriter
     hashes: provision.Memo
     dirs: provision.Memo
+    streamer: "Streamer"  # streams image and kernel bytes for every session
     site_key: bytes | None = None
     auth_required: bool = False
     retry: int = 30
     provisiond_interval: int = 300
     script_timeout: float = 60.0
     max_idle: float | None = None  # caps every protocol timeout (tests use a short one)
-    # SO_SNDBUF to set; 0 (the default) leaves the kernel's autotuning, which grows each buffer
-    # to tcp_wmem's maximum and moderates under memory pressure: fixed 4 MiB buffers on 512
-    # connections pushed TCP into memory pressure and halved throughput.
-    sndbuf: int = 0
-    streamer: "Streamer | None" = None  # None: stream with loop.sendfile on the event loop
 
     @property
     def store(self) -> VnfsStore:
@@ -212,8 +203,8 @@ class Streamer:
     thousands of epoll register/unregister pairs and callbacks) fills the event loop, and
     every check-in waits behind it. Here a socket stays in this thread's own epoll
     (level-triggered) from the first byte of an IMAGE_DATA to the last; each wake-up is one
-    sendfile in C with the GIL released (:func:`perceus.native.sysio.sendfile_all`, or
-    ``os.sendfile`` without the native module), and the session hears once, at the end.
+    sendfile in C with the GIL released (:func:`perceus.native.sysio.sendfile_all`), and the
+    session hears once, at the end.
     """
 
     def __init__(self) -> None:
@@ -323,7 +314,7 @@ class Streamer:
     def _pump(self, job: StreamJob) -> None:
         if job.left:
             try:
-                sent = _sendfile(job.out_fd, job.in_fd, job.offset, job.left)
+                sent = sendfile_all(job.out_fd, job.in_fd, job.offset, job.left)
             except BlockingIOError:
                 return
             except OSError as exc:
@@ -558,9 +549,6 @@ class Session:
             raise Aborted("no kernel file to send")
         sock = self.writer.get_extra_info("socket")
         streamer = self.ctx.streamer
-        if streamer is None or not streamer.running or sock is None:
-            await self._stream_on_loop(header, handle)
-            return
         if self.writer.transport.get_write_buffer_size():
             await self._drain()  # the high-water mark is 0: this empties the buffer
         loop = asyncio.get_running_loop()
@@ -591,26 +579,6 @@ class Session:
     def _account(self, count: int) -> None:
         self.conn.raw_sent(count)
         self.progress.account(count)
-
-    async def _stream_on_loop(self, header: ImageData, handle) -> None:
-        loop = asyncio.get_running_loop()
-        transport = self.writer.transport
-        offset, left = header.offset, header.length
-        limit = self._limit(State.RAW)
-        while left:
-            count = min(left, SENDFILE_SLICE)
-            try:
-                sent = await asyncio.wait_for(loop.sendfile(transport, handle, offset, count), limit)
-            except TimeoutError:
-                raise Aborted(f"the node took no data for {limit:g} s") from None
-            except RuntimeError as exc:  # the transport closed under us
-                raise ConnectionResetError(str(exc)) from None
-            if sent:
-                self._account(sent)
-            if sent != count:
-                raise Aborted(f"{header.kind.name} file ended {left - sent} bytes early")
-            offset += sent
-            left -= sent
 
     async def _write_memory(self, data: memoryview) -> None:
         for start in range(0, len(data), WRITE_PIECE):
@@ -694,9 +662,9 @@ class Session:
         if sock is None:
             return
         try:
+            # SO_SNDBUF stays with the kernel's autotuning (docs/perceusd.md: fixed 4 MiB
+            # buffers on 512 connections pushed TCP into memory pressure).
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self.ctx.sndbuf:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.ctx.sndbuf)
         except OSError:
             pass
 

@@ -140,7 +140,6 @@ class ObjectFetch:
         self.chunks = _chunks_of(offer, kind)
         self.sink = sink
         self.good = 0  # bytes verified: the end of chunk ``idx - 1``
-        self.received = 0  # every byte that arrived, good or not
         self.failures = 0  # checksum failures in the current session
         self.last_error = ""
         self._idx = 0
@@ -193,7 +192,6 @@ class ObjectFetch:
         (on the hashing threads when there are some: then call :meth:`settle` before reading results).
 
         ``release`` is called once the bytes are no longer needed (their buffer can be reused)."""
-        self.received += len(data)
         if self._verifier is not None:
             self._verifier.feed(data, release)
             return
@@ -482,10 +480,6 @@ class Download:
     @property
     def verified_bytes(self) -> int:
         return sum(o.good for o in (self.objects or {}).values())
-
-    @property
-    def received_bytes(self) -> int:
-        return sum(o.received for o in (self.objects or {}).values())
 
     @property
     def complete(self) -> bool:

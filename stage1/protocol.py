@@ -894,6 +894,13 @@ class ImageOffer(Message):
 
 
 _KIND = _Enum(cs.Int8ub, ObjectKind, "object")
+# IMAGE_REQUEST and IMAGE_DATA: which object, from where, how many bytes.
+_OBJECT_RANGE = cs.Struct(
+    "kind" / _KIND,
+    "offset" / _Int(cs.Int64ub, 0, MAX_OBJECT_SIZE, "offset"),
+    "length" / _Int(cs.Int64ub, 0, MAX_OBJECT_SIZE, "length"),
+    cs.Terminated,
+)
 
 
 @dataclass(frozen=True)
@@ -905,12 +912,7 @@ class ImageRequest(Message):
     offset: int = 0
     length: int = 0
 
-    STRUCT: ClassVar = cs.Struct(
-        "kind" / _KIND,
-        "offset" / _Int(cs.Int64ub, 0, MAX_OBJECT_SIZE, "offset"),
-        "length" / _Int(cs.Int64ub, 0, MAX_OBJECT_SIZE, "length"),
-        cs.Terminated,
-    )
+    STRUCT: ClassVar = _OBJECT_RANGE
 
 
 @dataclass(frozen=True)
@@ -922,12 +924,7 @@ class ImageData(Message):
     offset: int
     length: int
 
-    STRUCT: ClassVar = cs.Struct(
-        "kind" / _KIND,
-        "offset" / _Int(cs.Int64ub, 0, MAX_OBJECT_SIZE, "offset"),
-        "length" / _Int(cs.Int64ub, 0, MAX_OBJECT_SIZE, "length"),
-        cs.Terminated,
-    )
+    STRUCT: ClassVar = _OBJECT_RANGE
 
 
 @dataclass(frozen=True)

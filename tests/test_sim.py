@@ -7,7 +7,7 @@ import sys
 from test_stage1_cli import real_overlay
 from test_stage1_fakemaster import FakeMaster, closed_port
 
-from perceus.bench.sim import _fold, fold_names, main, percentile, run_simulation
+from perceus.bench.sim import fold_names, main, percentile, run_simulation
 from perceus.stage1.retry import RetryPolicy
 
 
@@ -82,8 +82,8 @@ def test_bad_usage_is_one_line(capsys):
 
 def test_fold_and_percentile():
     names = ["n0003", "n0000", "n0001", "n0005", "x"]
-    assert _fold(names) == "n[0000-0001,0003,0005],x"
-    assert _fold(["n0007"]) == "n0007"
+    assert fold_names(names) == "n[0000-0001,0003,0005],x"
+    assert fold_names(["n0007"]) == "n0007"
     assert fold_names(["n0000", "n0001", "n0002"]) == "n[0000-0002]"
     assert percentile([], 50) == 0.0
     assert percentile([float(i) for i in range(1, 101)], 99) == 99.0
