@@ -14,7 +14,8 @@ NATIVE_SOURCES := $(wildcard native/*.pyx native/*.pxd native/*_build.py native/
 # System packages the build, the tests and the demo need.
 APT_PACKAGES := python3 python3-venv python3-dev gcc make libc6-dev \
 	openssh-client openssh-server openssl rsync sqlite3 zstd cpio pigz bzip2 tar iproute2 util-linux \
-	qemu-system-x86 busybox-static
+	qemu-system-x86 busybox-static \
+	dnsmasq-base pxelinux syslinux-common ipxe ovmf systemd-boot-efi binutils flashrom
 
 # Benchmark peers only (make bench): installed without starting their services.
 BENCH_APT_PACKAGES := nginx-light

@@ -58,3 +58,26 @@ class Paths:
     def ssh_dir(self) -> Path:
         """SSH host keys made at init and handed to VNFS capsules as they are imported."""
         return self.statedir / "ssh"
+
+    @property
+    def stage1_dir(self) -> Path:
+        """What nodes boot: ``perceus stage1 build`` writes the initramfs and its kernel here."""
+        return self.statedir / "stage1"
+
+    @property
+    def stage1_initramfs(self) -> Path:
+        return self.stage1_dir / "initramfs.img"
+
+    @property
+    def stage1_kernel(self) -> Path:
+        """The kernel whose modules the stage-one initramfs carries (they must match)."""
+        return self.stage1_dir / "vmlinuz"
+
+    @property
+    def tftp_dir(self) -> Path:
+        """The TFTP root dnsmasq serves: pxelinux, its configs, the kernel and stage one."""
+        return self.statedir / "tftp"
+
+    @property
+    def dnsmasq_conf(self) -> Path:
+        return self.sysconfdir / "dnsmasq.conf"

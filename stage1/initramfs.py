@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from perceus.stage1.boot import assemble_initrd, initrd_sinks, kernel_cmdline, kexec_boot
-from perceus.stage1.cmdline import BootOptions, Master, parse_cmdline
+from perceus.stage1.cmdline import BootOptions, Master, parse_cmdline, parse_masters
 from perceus.stage1.facts import gather_facts
 from perceus.stage1.fetch import Download, hash_executor
 from perceus.stage1.retry import NoMaster, RetryPolicy, Target, check_in_until_done
@@ -27,6 +27,7 @@ __all__ = ["SITE_KEY", "WORKDIR", "run_initramfs"]
 log = logging.getLogger("perceus.stage1")
 
 SITE_KEY = Path("/etc/perceus/site.key")  # baked in by `perceus stage1 build --site-key`
+BAKED_MASTERS = Path("/etc/perceus/masterip")  # `perceus stage1 build --master`
 WORKDIR = Path("/run/perceus")  # the initramfs root is RAM already
 COUNTDOWN = 10
 SHELL = "/bin/sh"
@@ -96,11 +97,19 @@ def _site_key(path: Path | None) -> bytes | None:
         return None
 
 
+def _baked_masters(path: Path = BAKED_MASTERS) -> list[Master]:
+    """The build's ``--master``, used when the kernel command line names none."""
+    try:
+        return list(parse_masters(path.read_text().strip()))
+    except (OSError, ValueError):
+        return []
+
+
 async def _provision(options: BootOptions, site_key: bytes | None, policy: RetryPolicy):
     from perceus.stage1 import netup
 
     leases = await netup.bring_up(options.ifaces)
-    masters = list(options.masters) or [Master(x.server) for x in leases if x.server]
+    masters = list(options.masters) or _baked_masters() or [Master(x.server) for x in leases if x.server]
     if not masters:
         raise NoMaster("no master: no masterip= on the kernel command line and no DHCP server answered")
     targets = [Target(m, x.address, x.iface) for m in masters for x in leases] or [Target(m) for m in masters]

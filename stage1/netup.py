@@ -28,6 +28,7 @@ log = logging.getLogger("perceus.stage1")
 
 CARRIER_WAIT = 5.0  # seconds to wait for a cable to show carrier
 DHCP_TIMEOUT = 20.0
+DRIVER_PASSES = 4
 
 
 def _modname(path_or_name: str) -> str:
@@ -79,9 +80,12 @@ def modules_to_load(
     noload: tuple[str, ...] = (),
 ) -> list[str]:
     """The modules the devices need, each after its dependencies, without those in ``noload``."""
+    by_bus: dict[str, list[tuple[str, str]]] = {}
+    for pattern, module in aliases:  # only patterns of the device's own bus can match it
+        by_bus.setdefault(pattern.partition(":")[0], []).append((pattern, module))
     wanted: list[str] = []
     for alias in modaliases:
-        for pattern, module in aliases:
+        for pattern, module in by_bus.get(alias.partition(":")[0], ()):
             if module not in wanted and fnmatch.fnmatchcase(alias, pattern):
                 wanted.append(module)
     order: list[str] = []
@@ -101,8 +105,6 @@ def modules_to_load(
 
 def load_drivers(noload: tuple[str, ...] = (), moddir: Path | None = None) -> list[str]:
     """Load what the hardware present needs; returns the modules loaded. Failures are logged."""
-    from perceus.native import sysio
-
     moddir = moddir or Path("/lib/modules") / os.uname().release
     try:
         aliases = parse_aliases((moddir / "modules.alias").read_text())
@@ -110,8 +112,25 @@ def load_drivers(noload: tuple[str, ...] = (), moddir: Path | None = None) -> li
     except OSError as exc:
         log.warning("no module index in %s (%s): loading no drivers", moddir, exc.strerror)
         return []
+    loaded: list[str] = []
+    tried: set[str] = set()
+    # Loading a bus driver makes new devices appear (virtio_pci -> the virtio NIC), so look
+    # again until a pass finds nothing new.
+    for _ in range(DRIVER_PASSES):
+        todo = [m for m in modules_to_load(device_modaliases(), aliases, deps, noload) if m not in tried]
+        if not todo:
+            break
+        tried.update(todo)
+        loaded.extend(_load_modules(todo, moddir, deps))
+        time.sleep(0.2)  # probing is asynchronous: give new devices time to show up
+    return loaded
+
+
+def _load_modules(modules: list[str], moddir: Path, deps: dict[str, tuple[str, list[str]]]) -> list[str]:
+    from perceus.native import sysio
+
     loaded = []
-    for module in modules_to_load(device_modaliases(), aliases, deps, noload):
+    for module in modules:
         path = moddir / deps[module][0] if module in deps else None
         if path is None:
             continue
@@ -181,7 +200,7 @@ async def _dhcp(iface: str, timeout: float) -> Lease | None:
 
 async def bring_up(ifaces: tuple[str, ...] = (), timeout: float = DHCP_TIMEOUT) -> list[Lease]:
     """Set links up (only ``ifaces`` if given), wait briefly for carrier, DHCP on each with link."""
-    from pyroute2 import AsyncIPRoute
+    from pyroute2.iproute.linux import AsyncIPRoute
 
     names = []
     async with AsyncIPRoute() as ipr:

@@ -26,6 +26,9 @@ COMMANDS = {
     "module": "perceus.server.cli.module:module",
     "capsule": "perceus.server.cli.capsule:capsule_group",
     "info": "perceus.server.cli.info:info",
+    "configure": "perceus.server.cli.configure:configure",
+    "service": "perceus.server.cli.service:service",
+    "stage1": "perceus.server.cli.stage1:stage1",
     "init": "perceus.server.cli.init:init",
     "completion": "perceus.server.cli.completion:completion",
 }
