@@ -22,6 +22,7 @@ __all__ = ["ENTRY_MODULES", "EXCLUDED", "Frozen", "freeze"]
 
 # What stage one, provisiond and their lazily imported helpers start from.
 ENTRY_MODULES = (
+    "perceus.stage1.__main__",
     "perceus.stage1.main",
     "perceus.stage1.initramfs",
     "perceus.stage1.netup",
