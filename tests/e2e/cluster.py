@@ -19,10 +19,9 @@ import time
 from pathlib import Path
 
 import zstandard
+from lab import Lab
 
 from perceus.stage1.newc import extract
-
-from lab import Lab
 
 ROOT = Path(__file__).resolve().parents[2]
 KERNEL_ROOT = ROOT / ".cache" / "debian-kernel" / "root"
@@ -73,7 +72,8 @@ def kernel_version() -> str:
 
 def build_stage1(out: Path, *extra: str) -> tuple[Path, str]:
     """``perceus stage1 build`` for Debian's kernel; returns (initramfs, the build's report)."""
-    report = perceus("stage1", "build", "-o", str(out), "--kernel-root", str(KERNEL_ROOT), *extra, timeout=600)
+    args = ("stage1", "build", "-o", str(out), "--kernel-root", str(KERNEL_ROOT), *extra)
+    report = perceus(*args, timeout=600)
     return out, report
 
 
@@ -90,7 +90,8 @@ def runtime_capsule(stage1: Path, work: Path) -> Path:
     (root / "etc" / "os-release").write_text('ID=e2e\nVERSION_ID="1"\nPRETTY_NAME="perceus e2e runtime"\n')
     (root / "boot").mkdir(exist_ok=True)
     version = kernel_version()
-    (root / "boot" / f"vmlinuz-{version}").write_bytes((KERNEL_ROOT / "boot" / f"vmlinuz-{version}").read_bytes())
+    kernel = KERNEL_ROOT / "boot" / f"vmlinuz-{version}"
+    (root / "boot" / kernel.name).write_bytes(kernel.read_bytes())
     capsule = work / f"{VNFS}-1-1.stateless.x86_64.vnfs"
     perceus("capsule", "pack", str(root), str(capsule), "--name", VNFS, "--version", "1", "--force")
     return capsule
@@ -118,15 +119,20 @@ class Master:
     def perceus(self, *args: str, timeout: float = STEP) -> str:
         """A perceus command inside the lab's namespace; its stdout."""
         proc = self.lab.run([str(BIN / "perceus"), *args], check=False, timeout=timeout, env=self.env)
-        assert proc.returncode == 0, f"perceus {' '.join(args)}: {proc.returncode}\n{proc.stdout}{proc.stderr}"
+        status = proc.returncode
+        assert status == 0, f"perceus {' '.join(args)}: {status}\n{proc.stdout}{proc.stderr}"
         return proc.stdout
 
     def use_vnfs(self, capsule: Path) -> None:
         """Import the capsule, give it a serial console, and make it new nodes' VNFS."""
         self.perceus("vnfs", "import", str(capsule), "--name", VNFS)
         self.perceus("-y", "vnfs", "configure", VNFS, "--console", "ttyS0,115200")
+        self.set_default_vnfs()
+
+    def set_default_vnfs(self, name: str = VNFS) -> None:
+        """defaults.conf ``Vnfs Name``: the VNFS nodes get when perceusd adds them."""
         conf = self.sysconfdir / "defaults.conf"
-        conf.write_text(re.sub(r"(?m)^Vnfs Name\s*=.*$", f"Vnfs Name = {VNFS}", conf.read_text()))
+        conf.write_text(re.sub(r"(?m)^Vnfs Name\s*=.*$", f"Vnfs Name = {name}", conf.read_text()))
 
     def serve(self, kernel: Path, initramfs: Path) -> None:
         """TFTP tree, dnsmasq configuration, then perceusd and dnsmasq via ``perceus service``."""
