@@ -13,6 +13,7 @@ from perceus.server.db import Node
 from perceus.server.db.model import DAEMON_FIELDS, SETTABLE_FIELDS
 from perceus.server.errors import PerceusError, UsageError
 from perceus.server.macaddr import require_mac
+from perceus.server.netservices import pxelinux
 from perceus.server.registry import NewNode, add_nodes
 from perceus.server.selection import select_nodes
 
@@ -153,14 +154,31 @@ def replace(app: App, old: str, new: str) -> None:
     app.info(f"Node '{old_node.hostname}' has been replaced.")
 
 
+# ``node set`` fields that are files rather than database columns.
+FILE_FIELDS = ("boot",)
+
+
+def set_boot(app: App, value: str, nodes: tuple[str, ...], where: str) -> None:
+    """``boot``: the nodes' own pxelinux files (local disk, stage one, or the default)."""
+    if value not in pxelinux.BOOT_CHOICES:
+        raise UsageError(f"boot takes local, perceus or default, not {value!r}", where)
+    chosen = selected(app, nodes, where)
+    count = pxelinux.set_boot(app.paths.tftp_dir, [n.nodeid for n in chosen], value, where)
+    app.info(f"'{count}' nodes set boot='{value}'")
+
+
 @node.command("set")
-@click.argument("field", type=click.Choice(SETTABLE_FIELDS + DAEMON_FIELDS), metavar="FIELD")
+@click.argument("field", type=click.Choice(SETTABLE_FIELDS + DAEMON_FIELDS + FILE_FIELDS), metavar="FIELD")
 @click.argument("value")
 @SOME_NODES
 @pass_app
 def set_(app: App, field: str, value: str, nodes: tuple[str, ...]) -> None:
-    """Set FIELD to VALUE on nodes. FIELD: debug, desc, enabled, group, hostname, vnfs."""
+    """Set FIELD to VALUE on nodes. FIELD: debug, desc, enabled, group, hostname, vnfs;
+    boot (local, perceus or default) writes the nodes' own pxelinux files."""
     where = "node set"
+    if field == "boot":
+        set_boot(app, value, nodes, where)
+        return
     stored = check_value(field, value, where)
     if field in DAEMON_FIELDS:
         app.warn(f"perceus: warning: {field} is written by perceusd as nodes check in ({where})")
