@@ -183,7 +183,7 @@ def test_cli_builds_the_uki_and_flashes_it(env: Path, capsys, scratch: Path):
     assert chip.read_bytes() == payload + b"\xff" * (CHIP - len(payload))
     lines = text.splitlines()
     assert lines[0].startswith(f"UKI {out}: ")
-    assert lines[0].endswith("command line: console=ttyS0,115200 console=tty0 masterip=10.0.0.1:987")
+    assert lines[0].endswith("command line: console=tty0 console=ttyS0,115200 masterip=10.0.0.1:987")
     sections = uki.read_pe(out)
     for name in uki.SECTIONS:
         row = next(line for line in lines if line.split()[:1] == [name])

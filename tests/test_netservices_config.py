@@ -236,7 +236,7 @@ def test_tftp_tree(net: Instance, stage1: tuple[Path, Path]) -> None:
     assert "DEFAULT perceus" in default
     assert "  KERNEL perceus/vmlinuz" in default
     assert (
-        "  APPEND initrd=perceus/stage1.img masterip=127.0.0.1 console=ttyS0,115200 console=tty0\n" in default
+        "  APPEND initrd=perceus/stage1.img masterip=127.0.0.1 console=tty0 console=ttyS0,115200\n" in default
     )
     assert "quiet" not in default
     assert "LABEL local\n" in default and "  LOCALBOOT 0\n" in default
@@ -252,7 +252,7 @@ def test_tftp_default_paths_master_port_and_append(net: Instance, stage1: tuple[
     assert filecmp.cmp(root / "perceus" / "stage1.img", stage1[1], shallow=False)
     default = (root / "pxelinux.cfg" / "default").read_text()
     assert (
-        "masterip=10.9.8.7:9870 console=ttyS0,115200 console=tty0 perceus.debug=3 perceus.iface=eth0"
+        "masterip=10.9.8.7:9870 console=tty0 console=ttyS0,115200 perceus.debug=3 perceus.iface=eth0"
         in default
     )
 

@@ -16,7 +16,8 @@ from perceus.server.cli.app import App, pass_app
 from perceus.server.errors import PerceusError, UsageError
 
 WHERE = "stage1 flash"
-DEFAULT_CMDLINE = "console=ttyS0,115200 console=tty0"
+# The serial console last: it becomes /dev/console, where stage one talks.
+DEFAULT_CMDLINE = "console=tty0 console=ttyS0,115200"
 
 
 def _size(n: int) -> str:

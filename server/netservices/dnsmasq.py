@@ -121,6 +121,8 @@ def render(config: DnsmasqConfig, nodes: Iterable[Node]) -> str:
             "dhcp-userclass=set:ipxe,iPXE",
             f"dhcp-boot=tag:!ipxe,{IPXE_LOADER}",
             f"dhcp-boot=tag:ipxe,{PXELINUX}",
+            "# iPXE's no-pxedhcp setting: no 3 s wait for a ProxyDHCP offer that never comes.",
+            "dhcp-option=tag:ipxe,175,b0:01:01",
         ]
     else:
         lines.append(f"dhcp-boot={PXELINUX}")

@@ -15,7 +15,8 @@ from perceus.server.netservices.files import install_text, remove
 
 KERNEL = "perceus/vmlinuz"
 INITRAMFS = "perceus/stage1.img"
-CONSOLE = "console=ttyS0,115200 console=tty0"
+# The serial console last: it becomes /dev/console, where stage one talks (cluster consoles are serial).
+CONSOLE = "console=tty0 console=ttyS0,115200"
 BOOT_CHOICES = ("local", "perceus", "default")
 MARKER = "# perceus boot: "
 _APPEND = re.compile(r"^[\x21-\x7e]+( [\x21-\x7e]+)*$")

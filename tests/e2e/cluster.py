@@ -37,7 +37,8 @@ export PYTHONHOME=/usr PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PYTHONUTF8=1
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
-echo "perceus-runtime: $(uname -r) up as $(cat /etc/hostname 2>/dev/null || hostname)"
+[ -s /etc/hostname ] && hostname -F /etc/hostname
+echo "perceus-runtime: $(uname -r) up as $(hostname)"
 python3 -c 'import asyncio
 from perceus.stage1 import netup
 netup.load_drivers()
@@ -127,6 +128,7 @@ class Master:
         """Import the capsule, give it a serial console, and make it new nodes' VNFS."""
         self.perceus("vnfs", "import", str(capsule), "--name", VNFS)
         self.perceus("-y", "vnfs", "configure", VNFS, "--console", "ttyS0,115200")
+        self.perceus("module", "activate", "hostname")  # the node's /etc/hostname rides in its overlay
         self.set_default_vnfs()
 
     def set_default_vnfs(self, name: str = VNFS) -> None:
