@@ -71,8 +71,8 @@ test: $(STAMP) $(KERNEL_STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q tests
 
-demo: $(STAMP)
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash tests/demo.sh
+demo: $(STAMP) $(KERNEL_STAMP)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) tests/e2e/demo.py
 
 bench: $(STAMP) $(KERNEL_STAMP) apt-bench
 	$(PY) -m pytest -q bench --benchmark-columns=min,median,max --benchmark-sort=name

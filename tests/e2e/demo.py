@@ -7,6 +7,7 @@ demo prints each command as it runs it, then ``perceus node status`` whenever th
 state changes, from ``init`` to ``ready``. The node's serial console is saved to a file.
 """
 
+import re
 import shlex
 import shutil
 import sys
@@ -20,6 +21,11 @@ import cluster  # noqa: E402
 from lab import Lab  # noqa: E402
 
 MAC = "52:54:00:de:00:01"
+# Console lines worth showing as the node boots (the rest is the kernel's chatter).
+STORY = re.compile(
+    r"(iPXE \d[\w.+-]*|PXELINUX \S+|Loading perceus/\S+|perceus: (stage one|loaded|NodeID|booting).*|"
+    r"perceus-runtime: .*|provisiond: .*|PERCEUS-RUNTIME-READY.*)"
+)
 TIMEOUT = 300.0
 BOLD, PLAIN = ("\033[1m", "\033[0m") if sys.stdout.isatty() else ("", "")
 
@@ -60,13 +66,20 @@ def main() -> int:
         say(f"# power on a node (QEMU, MAC {MAC}) that boots from the network")
         started = time.monotonic()
         node = lab.qemu("node", mac=MAC, boot="pxe")
-        last = ""
+        last: list[list[str]] = []
+        seen = 0
         while time.monotonic() - started < TIMEOUT:
+            lines = node.console().splitlines()
+            for line in lines[seen : len(lines) - 1]:  # the last line may be half written
+                if STORY.search(line):
+                    print(f"  [console] {STORY.search(line).group(0).strip()}", flush=True)
+            seen = max(seen, len(lines) - 1)
             status = master.perceus("node", "status")
-            if status != last:
+            rows = [line.split()[:2] for line in status.splitlines()[2:]]  # name, state: not the clock
+            if rows != last:
                 say(f"# perceus node status    ({time.monotonic() - started:.0f} s after power-on)")
                 print(status.rstrip(), flush=True)
-                last = status
+                last = rows
             if cluster.RUNTIME_MARKER in node.console() and " ready " in status:
                 break
             if not node.running:
