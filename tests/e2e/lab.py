@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import time
@@ -214,6 +215,15 @@ class Node:
         except subprocess.TimeoutExpired:
             raise self._failure(f"QEMU still running after {timeout} s") from None
 
+    def type(self, text: str) -> None:
+        """Send keystrokes to the serial console (nodes started with ``console_input=True``)."""
+        sock_path = self.console_log.with_suffix(".sock")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(COMMAND_TIMEOUT)
+            sock.connect(str(sock_path))
+            sock.sendall(text.encode())
+            time.sleep(0.5)  # let QEMU take the bytes before the connection closes
+
     def stop(self) -> None:
         if self.proc is not None:
             _kill_group(self.proc)
@@ -344,6 +354,7 @@ class Lab:
         smp: int = 1,
         extra: Iterable[str] = (),
         start: bool = True,
+        console_input: bool = False,
     ) -> Node:
         """A QEMU machine on the bridge, started (unless ``start=False``: then ``node.start()``).
 
@@ -351,6 +362,7 @@ class Lab:
         boots ``kernel``/``initrd``/``append`` directly (the NIC is still there); ``"uefi"``
         runs OVMF (code read-only, a private copy of the variables) and, if ``fat`` is given,
         that directory as a FAT drive booted first (``EFI/BOOT/BOOTX64.EFI``), the NIC next.
+        ``console_input``: the console is also a socket, so :meth:`Node.type` can type on it.
         """
         if boot not in ("pxe", "kernel", "uefi"):
             raise ValueError(f"boot must be pxe, kernel or uefi, not {boot!r}")
@@ -373,7 +385,10 @@ class Lab:
             "-nographic",  # unlike -display none, makes SeaBIOS copy iPXE's screen to the serial port
             "-vga", "none",
             "-monitor", "none",
-            "-chardev", f"file,id=console,path={console}",
+            "-chardev",
+            f"socket,id=console,path={console.with_suffix('.sock')},server=on,wait=off,logfile={console}"
+            if console_input
+            else f"file,id=console,path={console}",
             "-serial", "chardev:console",
             "-netdev", f"tap,id=net0,ifname={tap},script=no,downscript=no",
         ]  # fmt: skip

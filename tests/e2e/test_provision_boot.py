@@ -98,3 +98,50 @@ def test_three_nodes_boot_at_once_with_distinct_names(tmp_path, stage1, capsule)
         assert {mac for mac, _ in in_db.values()} == {mac.upper() for mac in MACS}
         assert all(state == "ready" for _, state in in_db.values())
         master.stop()
+
+
+def _dhcp_only(lab: Lab, work: Path) -> None:
+    """dnsmasq handing out leases and nothing else: stage one gets an address, no master."""
+    low, high = lab.dhcp_range
+    conf = work / "dnsmasq.conf"
+    conf.write_text(
+        f"interface={lab.bridge}\nbind-interfaces\nport=0\nuser=root\ndhcp-range={low},{high},1h\n"
+        f"dhcp-leasefile={work}/leases\npid-file={work}/dnsmasq.pid\n"
+    )
+    lab.popen(["dnsmasq", "--keep-in-foreground", "-C", str(conf)])
+
+
+def test_no_master_five_rounds_then_countdown_and_enter_gives_a_shell(tmp_path, stage1):
+    with Lab(tmp_path / "lab") as lab:
+        _dhcp_only(lab, tmp_path)
+        append = f"console=ttyS0,115200 masterip={lab.address}:9"  # nothing listens on port 9
+        node = lab.qemu(
+            "lost", mac=MACS[0], boot="kernel", kernel=_kernel(), initrd=stage1[0], append=append,
+            console_input=True,
+        )  # fmt: skip
+        node.wait_for(r"perceus: round 1 of 5 failed", timeout=BOOT_TIMEOUT)
+        node.wait_for(r"perceus: error: no master answered in 5 rounds", timeout=BOOT_TIMEOUT)
+        countdown = node.wait_for(r"rebooting in 10 s; press ENTER for a shell", timeout=60)
+        node.type("\n")
+        node.wait_for(r"perceus: starting a shell", timeout=60, start=countdown.end())
+        node.type("echo SHELL-$((6*7))\n")
+        node.wait_for(r"SHELL-42", timeout=60)
+        node.type("exit\n")  # leaving the shell reboots: QEMU (-no-reboot) exits
+        assert node.wait_exit(timeout=60) == 0
+
+
+def test_debug_3_opens_a_shell_at_once_and_noload_keeps_a_driver_out(tmp_path, stage1):
+    with Lab(tmp_path / "lab") as lab:
+        append = f"console=ttyS0,115200 masterip={lab.address} perceus.debug=3 perceus.noload=virtio_net"
+        node = lab.qemu(
+            "debug", mac=MACS[1], boot="kernel", kernel=_kernel(), initrd=stage1[0], append=append,
+            console_input=True,
+        )  # fmt: skip
+        loaded = node.wait_for(r"perceus: loaded drivers: (.*)", timeout=BOOT_TIMEOUT)
+        assert "virtio_pci" in loaded.group(1).split() and "virtio_net" not in loaded.group(1).split()
+        node.wait_for(r"perceus: no interface has a link", timeout=BOOT_TIMEOUT)
+        failed = node.wait_for(r"perceus: error: no Ethernet interface with a MAC", timeout=BOOT_TIMEOUT)
+        node.wait_for(r"perceus: starting a shell", timeout=60, start=failed.end())
+        assert "press ENTER" not in node.console()[failed.end() :]
+        node.type("exit\n")
+        assert node.wait_exit(timeout=60) == 0
