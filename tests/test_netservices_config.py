@@ -335,6 +335,22 @@ def test_node_set_boot_writes_per_mac_files(net: Instance, stage1: tuple[Path, P
     net.ok("node", "set", "boot", "default", "n0000")  # nothing to remove: fine
 
 
+def test_boot_files_follow_node_replace_and_go_with_node_delete(
+    net: Instance, stage1: tuple[Path, Path]
+) -> None:
+    kernel, initramfs = stage1
+    net.ok("node", "add", MAC1)
+    net.ok("configure", "tftp", "--kernel", str(kernel), "--initramfs", str(initramfs))
+    cfg = net.statedir / "tftp" / "pxelinux.cfg"
+    net.ok("node", "set", "boot", "local", "n0000")
+    net.ok("node", "add", MAC2)  # the spare: n0001
+    net.ok("-y", "node", "replace", "n0000", "n0001")  # n0000 is now MAC2's hardware
+    assert sorted(p.name for p in cfg.iterdir()) == ["01-52-54-00-aa-00-02", "default"]
+    assert "LOCALBOOT 0" in (cfg / "01-52-54-00-aa-00-02").read_text()
+    net.ok("-y", "node", "delete", "n0000")
+    assert sorted(p.name for p in cfg.iterdir()) == ["default"]
+
+
 def test_node_set_boot_bad_input(net: Instance, stage1: tuple[Path, Path]) -> None:
     net.ok("node", "add", MAC1)
     fail(net, "node", "set", "boot", "perceus", "n0000", status=1, contains="run 'perceus configure tftp'")

@@ -130,4 +130,7 @@ def delete_confirmed(app: App, nodes: list[Node], where: str) -> None:
     app.confirm(f"Are you sure you wish to delete {len(nodes)} nodes from Perceus?", node_rows(nodes), where)
     with app.db.transaction():
         count = app.db.delete_nodes(n.nodeid for n in nodes)
+    from perceus.server.netservices import pxelinux
+
+    pxelinux.set_boot(app.paths.tftp_dir, [n.nodeid for n in nodes], "default", where)  # their boot files too
     app.info(f"'{count}' nodes have been deleted")

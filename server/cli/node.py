@@ -151,6 +151,7 @@ def replace(app: App, old: str, new: str) -> None:
         if app.db.node(old_node.nodeid) is None or app.db.node(new_node.nodeid) is None:
             raise PerceusError("a node changed while you were asked; nothing replaced", where)
         app.db.replace_node(old_node.nodeid, new_node.nodeid)
+    pxelinux.move_boot(app.paths.tftp_dir, old_node.nodeid, new_node.nodeid)
     app.info(f"Node '{old_node.hostname}' has been replaced.")
 
 

@@ -7,6 +7,7 @@ naming their choice, so ``perceus configure tftp`` can rewrite the ``perceus`` o
 the master's address or the kernel arguments change.
 """
 
+import os
 import re
 from pathlib import Path
 
@@ -141,3 +142,12 @@ def refresh_nodes(tftp_root: Path) -> int:
         install_text(path, render_node("perceus", entry))
         count += 1
     return count
+
+
+def move_boot(tftp_root: Path, old_nodeid: str, new_nodeid: str) -> None:
+    """A node's own boot choice follows it to new hardware (``node replace``)."""
+    old, new = mac_file(tftp_root, old_nodeid), mac_file(tftp_root, new_nodeid)
+    if node_choice(old) is not None:
+        os.replace(old, new)
+    elif node_choice(new) is not None:
+        remove(new)  # the identity had the default: the new hardware gets it too
