@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from perceus.buildroot.errors import ReasonError
+
 __all__ = ["FlashError", "FlashResult", "chip_size", "write_flash"]
 
 PROBE_TIMEOUT = 120.0  # probing a chip (or failing to find one) takes seconds
@@ -33,16 +35,8 @@ _CHOICES = re.compile(r"\.?\s*Valid choices are:?$")  # the list it announces is
 _TROUBLE = re.compile(r"error|fail|unknown|invalid|no eeprom|not found|doesn't match|mismatch|denied", re.I)
 
 
-class FlashError(RuntimeError):
+class FlashError(ReasonError, RuntimeError):
     """flashrom failed or the chip does not hold what was written; ``str()`` is one line."""
-
-    def __init__(self, reason: str, path: object = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.path = None if path is None else str(path)
-
-    def __str__(self) -> str:
-        return f"{self.reason} ({self.path})" if self.path else self.reason
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from perceus.buildroot.elfdeps import needed_closure
+from perceus.buildroot.errors import BuildError
 from perceus.buildroot.kmods import DEFAULT_DRIVERS, KernelModules, modules_alias, modules_dep
 from perceus.buildroot.pyfreeze import freeze
 from perceus.buildroot.tree import InitramfsTree
@@ -54,10 +55,6 @@ echo "perceus: stage one starting ($(uname -r))"
 echo "perceus: stage one returned (status $?); here is a shell"
 exec setsid cttyhack /bin/sh
 """
-
-
-class BuildError(ValueError):
-    """Something the build needs is missing or unusable."""
 
 
 @dataclass(frozen=True)

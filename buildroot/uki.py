@@ -20,6 +20,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from perceus.buildroot.errors import BuildError
+
 __all__ = [
     "DEFAULT_STUB",
     "OS_RELEASE",
@@ -49,18 +51,6 @@ SECTIONS = (".osrel", ".cmdline", ".linux", ".initrd")
 _PAGE = 0x1000
 _OBJCOPY_TIMEOUT = 300.0
 _MAX_HEADER = 1 << 16  # the DOS stub, PE headers and section table of any sane stub fit in 64 KiB
-
-
-class BuildError(ValueError):
-    """The UKI could not be built (missing stub, objcopy or input; a malformed stub)."""
-
-    def __init__(self, reason: str, path: object = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.path = None if path is None else str(path)
-
-    def __str__(self) -> str:
-        return f"{self.reason} ({self.path})" if self.path else self.reason
 
 
 @dataclass(frozen=True)

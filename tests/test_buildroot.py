@@ -161,3 +161,39 @@ def test_bad_build_options_are_one_line_and_write_nothing(tmp_path, capsys, args
     assert code == status
     assert err.startswith("perceus: error: ") and message in err and err.count("\n") == 1
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+# -- the admin's path: default locations, then the TFTP tree from them ---------------------
+
+
+def test_default_build_lands_where_configure_tftp_looks(perceus):
+    """``stage1 build`` with no -o: initramfs and its kernel in $STATEDIR/stage1, which
+    ``configure tftp`` then serves with no arguments; master and site key baked in."""
+    key = perceus.root / "site.key"
+    key.write_bytes(b"k" * 32)
+    result = perceus.ok(
+        "stage1", "build", "--kernel-root", str(KERNEL_ROOT), "--master", "10.9.8.7", "--site-key", str(key)
+    )
+    assert "within" in result.out
+    stage1 = perceus.statedir / "stage1"
+    kernel = KERNEL_ROOT / "boot" / f"vmlinuz-{VERSION}"
+    assert (stage1 / "vmlinuz").read_bytes() == kernel.read_bytes()
+    entries = {e.name.decode(): e for e in cpio.read_entries(_unzstd(stage1 / "initramfs.img"))}
+    assert entries["etc/perceus/masterip"].data == b"10.9.8.7:987\n"
+    assert (
+        entries["etc/perceus/site.key"].data == b"k" * 32
+        and entries["etc/perceus/site.key"].mode & 0o777 == 0o600
+    )
+    assert f"usr/lib/modules/{VERSION}/modules.alias" in entries and "init" in entries
+    perceus.env["PERCEUS_RUNDIR"] = str(perceus.root / "run")
+    perceus.ok("configure", "tftp", "--master", "10.9.8.7")
+    tftp = perceus.statedir / "tftp" / "perceus"
+    assert (tftp / "stage1.img").read_bytes() == (stage1 / "initramfs.img").read_bytes()
+    assert (tftp / "vmlinuz").read_bytes() == kernel.read_bytes()
+
+
+def _unzstd(path: Path) -> bytes:
+    import zstandard
+
+    with zstandard.ZstdDecompressor().stream_reader(path.open("rb")) as reader:
+        return reader.read()
