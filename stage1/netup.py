@@ -3,7 +3,8 @@
 Drivers: each device's ``modalias`` (under /sys/bus) is matched against the kernel's
 ``modules.alias``; matching modules and their ``modules.dep`` dependencies are loaded in
 dependency order with finit_module(2) (no kmod in the initramfs). Links and DHCP use
-pyroute2, imported only here, only in initramfs mode.
+pyroute2, imported only here, only in initramfs mode; IP-over-InfiniBand links, where
+pyroute2's Ethernet-only client cannot work, get stage one's own (``dhcp_any``).
 """
 
 import asyncio
@@ -26,6 +27,7 @@ __all__ = [
 
 log = logging.getLogger("perceus.stage1")
 
+ARPHRD_INFINIBAND = 32  # /sys/class/net/IF/type of an IPoIB link
 CARRIER_WAIT = 5.0  # seconds to wait for a cable to show carrier
 DHCP_TIMEOUT = 20.0
 DRIVER_PASSES = 4
@@ -198,6 +200,22 @@ async def _dhcp(iface: str, timeout: float) -> Lease | None:
         return Lease(iface, lease.ip, server)
 
 
+def _link_type(iface: str) -> int:
+    try:
+        return int(Path(f"/sys/class/net/{iface}/type").read_text())
+    except (OSError, ValueError):
+        return -1
+
+
+async def _lease(iface: str, timeout: float) -> Lease | None:
+    """pyroute2's client writes Ethernet frames: an InfiniBand link gets ``dhcp_any`` instead."""
+    if _link_type(iface) == ARPHRD_INFINIBAND:
+        from perceus.stage1 import dhcp_any
+
+        return await dhcp_any.dhcp(iface, timeout)
+    return await _dhcp(iface, timeout)
+
+
 async def bring_up(ifaces: tuple[str, ...] = (), timeout: float = DHCP_TIMEOUT) -> list[Lease]:
     """Set links up (only ``ifaces`` if given), wait briefly for carrier, DHCP on each with link."""
     from pyroute2.iproute.linux import AsyncIPRoute
@@ -219,7 +237,7 @@ async def bring_up(ifaces: tuple[str, ...] = (), timeout: float = DHCP_TIMEOUT) 
     with_link = [n for n in names if _carrier(n)]
     if not with_link:
         log.warning("no interface has a link (tried %s)", ", ".join(names) or "none")
-    results = await asyncio.gather(*(_dhcp(n, timeout) for n in with_link), return_exceptions=True)
+    results = await asyncio.gather(*(_lease(n, timeout) for n in with_link), return_exceptions=True)
     leases = []
     for name, result in zip(with_link, results, strict=True):
         if isinstance(result, BaseException):
