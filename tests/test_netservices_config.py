@@ -126,6 +126,15 @@ def test_dnsmasq_options(net: Instance, tmp_path: Path) -> None:
     assert dnsmasq_test(net.sysconfdir / "dnsmasq.conf").returncode == 0
 
 
+def test_ipv6_ra_advertises_the_devices_prefix_only_when_asked(net: Instance) -> None:
+    net.ok("configure", "dnsmasq")
+    assert "enable-ra" not in conf_lines(net)
+    net.ok("configure", "dnsmasq", "--ipv6-ra")
+    lines = conf_lines(net)
+    assert "enable-ra" in lines and "dhcp-range=::,constructor:lo,ra-only" in lines
+    assert dnsmasq_test(net.sysconfdir / "dnsmasq.conf").returncode == 0
+
+
 def test_domain_with_dns_expands_node_names(net: Instance) -> None:
     net.ok("configure", "dnsmasq", "--domain", "cluster.test")
     lines = conf_lines(net)

@@ -61,6 +61,11 @@ def _dnsmasq_user(app: App, paths: tuple[Path, ...], where: str) -> str | None:
 @click.option(
     "--no-ipxe", is_flag=True, help="Hand pxelinux.0 to every PXE client instead of chainloading iPXE."
 )
+@click.option(
+    "--ipv6-ra",
+    is_flag=True,
+    help="Send IPv6 router advertisements for the device's IPv6 prefix: iPXE stops waiting ~10 s for one.",
+)
 @click.option("--log-dhcp", is_flag=True, help="Log every DHCP exchange in detail.")
 @click.option(
     "--log-file", type=click.Path(dir_okay=False, path_type=Path), help="Log to this file instead of syslog."
@@ -78,6 +83,7 @@ def configure_dnsmasq(
     no_dns: bool,
     domain: str | None,
     no_ipxe: bool,
+    ipv6_ra: bool,
     log_dhcp: bool,
     log_file: Path | None,
     user: str | None,
@@ -114,6 +120,7 @@ def configure_dnsmasq(
         log_dhcp=log_dhcp,
         log_file=log_file.absolute() if log_file else None,
         user=user,
+        ipv6_ra=ipv6_ra,
     )
     text = dnsmasq.render(config, nodes)
     dnsmasq.write(app.paths.dnsmasq_conf, text)

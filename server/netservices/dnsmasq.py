@@ -50,6 +50,7 @@ class DnsmasqConfig:
     log_dhcp: bool = False
     log_file: Path | None = None
     user: str | None = None
+    ipv6_ra: bool = False
 
 
 def check_options(lease_time: str, domain: str | None, user: str | None, where: str) -> None:
@@ -123,6 +124,13 @@ def render(config: DnsmasqConfig, nodes: Iterable[Node]) -> str:
             f"dhcp-boot=tag:ipxe,{PXELINUX}",
             "# iPXE's no-pxedhcp setting: no 3 s wait for a ProxyDHCP offer that never comes.",
             "dhcp-option=tag:ipxe,175,b0:01:01",
+        ]
+    if config.ipv6_ra:
+        lines += [
+            "",
+            "# IPv6 router advertisements (--ipv6-ra): iPXE waits ~10 s for one before it boots.",
+            "enable-ra",
+            f"dhcp-range=::,constructor:{config.device},ra-only",
         ]
     else:
         lines.append(f"dhcp-boot={PXELINUX}")

@@ -139,7 +139,7 @@ class Master:
     def serve(self, kernel: Path, initramfs: Path) -> None:
         """TFTP tree, dnsmasq configuration, then perceusd and dnsmasq via ``perceus service``."""
         self.perceus("configure", "tftp", "--kernel", str(kernel), "--initramfs", str(initramfs))
-        self.perceus("configure", "dnsmasq")
+        self.perceus("configure", "dnsmasq", "--ipv6-ra")  # the lab's bridge has an IPv6 prefix
         self.perceus("service", "start")
 
     def stop(self) -> None:

@@ -61,7 +61,7 @@ def main() -> int:
         master.set_default_vnfs()
         say(f"# defaults.conf: Vnfs Name = {cluster.VNFS} (new nodes get it)")
         show(master, "configure", "tftp", "--kernel", str(kernel), "--initramfs", str(stage1))
-        show(master, "configure", "dnsmasq")
+        show(master, "configure", "dnsmasq", "--ipv6-ra")
         show(master, "service", "start")
         say(f"# power on a node (QEMU, MAC {MAC}) that boots from the network")
         started = time.monotonic()
