@@ -7,13 +7,11 @@ checked before the first copy, so a missing one changes nothing.
 """
 
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from perceus.server.errors import PerceusError
-from perceus.server.fsutil import fsync_dir
+from perceus.server.fsutil import atomic_copy
 from perceus.server.netservices import pxelinux
 from perceus.server.netservices.files import install_text
 
@@ -41,25 +39,6 @@ class TftpTree:
     initramfs: Path
     master: str  # the masterip= argument
     extra: str = ""  # more kernel arguments
-
-
-def atomic_copy(source: Path, target: Path) -> None:
-    """Copy ``source`` to a temporary file beside ``target``, fsync, rename into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
-            os.fchmod(out.fileno(), 0o644)
-            shutil.copyfileobj(src, out, 1 << 20)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    fsync_dir(target.parent)
 
 
 def check_sources(tree: TftpTree) -> list[tuple[str, Path]]:
