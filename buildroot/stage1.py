@@ -137,7 +137,7 @@ def _add_busybox(tree: InitramfsTree) -> None:
     for applet in listing.stdout.split():
         if os.path.basename(applet) in ("busybox", "init", "linuxrc"):
             continue
-        link = tree._resolve_here(applet)
+        link = tree.resolve(applet)
         if link not in tree.entries:
             tree.add_symlink(link, "/" + key, "busybox")
 
@@ -166,7 +166,7 @@ def _add_program(tree: InitramfsTree) -> list[str]:
         tree.add_file(f"{where}/{path.name}", path.read_bytes(), 0o644, "extensions")
     have = {k for k, e in tree.entries.items() if e.part == "python"}
     for lib in needed_closure(frozen.extensions.values()):
-        if tree._resolve_here(str(lib)) not in have:
+        if tree.resolve(str(lib)) not in have:
             tree.mirror(lib, "extensions")
     return frozen.modules
 

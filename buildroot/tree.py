@@ -87,7 +87,7 @@ class InitramfsTree:
             self.add_dir(target)
             self.add_symlink(name, target)
 
-    def _resolve_here(self, path: str) -> str:
+    def resolve(self, path: str) -> str:
         """``path`` with the tree's own directory symlinks followed (e.g. lib/x -> usr/lib/x)."""
         parts = self._key(path).split("/")
         out: list[str] = []
@@ -123,7 +123,7 @@ class InitramfsTree:
                 if hops > 40:
                     raise ValueError(f"{host_path}: too many levels of symbolic links")
                 target = os.readlink(candidate)
-                key = self._resolve_here(str(candidate))
+                key = self.resolve(str(candidate))
                 if key not in self.entries:
                     self.add_symlink(key, target, part)
                 if target.startswith("/"):
@@ -132,7 +132,7 @@ class InitramfsTree:
                 continue
             walked = candidate
         st = walked.stat()
-        key = self._resolve_here(str(walked))
+        key = self.resolve(str(walked))
         if stat.S_ISDIR(st.st_mode):
             self.add_dir(key, stat.S_IMODE(st.st_mode), part)
         else:
