@@ -11,13 +11,13 @@ import hashlib
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from perceus.buildroot.errors import ReasonError
+from perceus.buildroot.tools import one_line, run_tool, squeezed
 
 __all__ = ["FlashError", "FlashResult", "chip_size", "write_flash"]
 
@@ -53,11 +53,9 @@ class FlashResult:
 
 def condense(output: str, limit: int = 300) -> str:
     """flashrom's chatter reduced to the lines that say what went wrong, as one line."""
-    lines = [" ".join(line.split()) for line in output.splitlines()]
-    lines = [_CHOICES.sub("", line) for line in lines if line and not _BOILERPLATE.match(line)]
+    lines = [_CHOICES.sub("", line) for line in squeezed(output) if not _BOILERPLATE.match(line)]
     trouble = [line for line in lines if _TROUBLE.search(line)]
-    text = "; ".join((trouble or lines)[-3:]) or "no message"
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return one_line(trouble or lines, limit)
 
 
 def _flashrom(programmer: str, chip: str | None, args: list[str], timeout: float, what: str) -> str:
@@ -65,22 +63,14 @@ def _flashrom(programmer: str, chip: str | None, args: list[str], timeout: float
     if exe is None:
         raise FlashError("flashrom not found: install the flashrom package", "PATH")
     command = [exe, "-p", programmer, *(["-c", chip] if chip else []), *args]
-    try:
-        proc = subprocess.run(
-            command,
-            capture_output=True,
-            text=True,
-            errors="replace",
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-        )
-    except subprocess.TimeoutExpired:
-        raise FlashError(f"flashrom {what} took more than {timeout:.0f} s", programmer) from None
-    if proc.returncode != 0:
-        raise FlashError(
-            f"flashrom {what} failed: {condense(proc.stderr + chr(10) + proc.stdout)}", programmer
-        )
-    return proc.stdout
+    return run_tool(
+        command,
+        what=f"flashrom {what}",
+        where=programmer,
+        timeout=timeout,
+        error=FlashError,
+        condense=condense,
+    )
 
 
 def chip_size(programmer: str, *, chip: str | None = None, timeout: float = PROBE_TIMEOUT) -> int:

@@ -128,7 +128,6 @@ class Frozen:
     zip_bytes: bytes
     extensions: dict[str, Path] = field(default_factory=dict)
     disk_files: dict[str, bytes] = field(default_factory=dict)  # compiled modules of ON_DISK packages
-    modules: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
 
 
@@ -181,7 +180,12 @@ def _frozen_imports(spec, name: str) -> list[str]:
     return _imports(Path(filename).read_bytes(), name, is_package)
 
 
-def _compile(source: bytes, origin: str, arcname: str, optimize: int) -> bytes:
+def _pyc_path(name: str, is_package: bool) -> str:
+    """Where the compiled module lies, in the zip or under the library directory."""
+    return name.replace(".", "/") + ("/__init__.pyc" if is_package else ".pyc")
+
+
+def _compile(source: bytes, arcname: str, optimize: int) -> bytes:
     code = compile(source, arcname, "exec", dont_inherit=True, optimize=optimize)
     return importlib._bootstrap_external._code_to_timestamp_pyc(code, 0, len(source))  # type: ignore[attr-defined]
 
@@ -246,9 +250,9 @@ def freeze(
             missing.append(name)
     disk_files: dict[str, bytes] = {}
     for name in [n for n in sources if _excluded(n, on_disk)]:
-        origin, source, is_package = sources.pop(name)
-        rel = "/".join(name.split(".")) + ("/__init__.pyc" if is_package else ".pyc")
-        disk_files[rel] = _compile(source, origin, rel[:-1], optimize)
+        _, source, is_package = sources.pop(name)
+        rel = _pyc_path(name, is_package)
+        disk_files[rel] = _compile(source, rel[:-1], optimize)
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as zf:
         dirs: set[str] = set()
@@ -262,9 +266,7 @@ def freeze(
                     zf.writestr(zipfile.ZipInfo(d, (1980, 1, 1, 0, 0, 0)), b"")
             if not origin:
                 continue
-            arcname = "/".join(parts) + ("/__init__.pyc" if is_package else ".pyc")
-            info = zipfile.ZipInfo(arcname, (1980, 1, 1, 0, 0, 0))
-            zf.writestr(info, _compile(source, origin, arcname[:-1], optimize))
-    return Frozen(
-        out.getvalue(), extensions, disk_files, sorted(n for n, s in sources.items() if s[0]), missing
-    )
+            arcname = _pyc_path(name, is_package)
+            code = _compile(source, arcname[:-1], optimize)
+            zf.writestr(zipfile.ZipInfo(arcname, (1980, 1, 1, 0, 0, 0)), code)
+    return Frozen(out.getvalue(), extensions, disk_files, missing)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from perceus.buildroot.elfdeps import needed_closure
 from perceus.buildroot.errors import BuildError
+from perceus.buildroot.files import beside
 from perceus.buildroot.kmods import DEFAULT_DRIVERS, KernelModules, modules_alias, modules_dep
 from perceus.buildroot.pyfreeze import freeze
 from perceus.buildroot.tree import InitramfsTree
@@ -72,7 +73,7 @@ class BuildOptions:
 class BuildResult:
     output: Path
     kernel_version: str
-    kernel: Path | None
+    kernel: Path  # the image the modules came from: boot it with this initramfs
     compressed_size: int
     parts: dict[str, tuple[int, int]] = field(default_factory=dict)  # part -> (raw, zstd alone)
     modules: list[str] = field(default_factory=list)
@@ -153,7 +154,7 @@ def _add_python(tree: InitramfsTree) -> None:
         tree.mirror(lib, "python")
 
 
-def _add_program(tree: InitramfsTree) -> list[str]:
+def _add_program(tree: InitramfsTree) -> None:
     frozen = freeze()
     if frozen.missing:
         raise BuildError(f"cannot find modules stage one needs: {', '.join(frozen.missing)}")
@@ -168,7 +169,6 @@ def _add_program(tree: InitramfsTree) -> list[str]:
     for lib in needed_closure(frozen.extensions.values()):
         if tree.resolve(str(lib)) not in have:
             tree.mirror(lib, "extensions")
-    return frozen.modules
 
 
 def _add_modules(tree: InitramfsTree, kmods: KernelModules, patterns: tuple[str, ...]) -> list[str]:
@@ -218,16 +218,8 @@ def build_stage1(opts: BuildOptions) -> BuildResult:
     for part in PARTS:
         parts[part] = (raw.get(part, 0), len(tree.compressed({part})))
     opts.output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = opts.output.with_name(f".{opts.output.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(image)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o600 if opts.site_key is not None else 0o644)
-        os.replace(tmp, opts.output)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with beside(opts.output, 0o600 if opts.site_key is not None else 0o644) as tmp:
+        tmp.write_bytes(image)
     kernel = opts.kernel_root / "boot" / f"vmlinuz-{version}"
     return BuildResult(opts.output, version, kernel, len(image), parts, modules, time.monotonic() - started)
 
@@ -235,9 +227,5 @@ def build_stage1(opts: BuildOptions) -> BuildResult:
 def install_kernel(kernel: Path, dest: Path) -> None:
     """Copy the kernel the initramfs was built for beside it (atomically): the two must match."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
-    try:
+    with beside(dest) as tmp:
         shutil.copyfile(kernel, tmp)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)

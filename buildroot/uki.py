@@ -15,12 +15,13 @@ however large the kernel or the initramfs is. The fixed addresses of the old rec
 import os
 import shutil
 import struct
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from perceus.buildroot.errors import BuildError
+from perceus.buildroot.files import beside
+from perceus.buildroot.tools import run_tool
 
 __all__ = [
     "DEFAULT_STUB",
@@ -148,19 +149,6 @@ def section_addresses(stub: PeLayout, sizes: dict[str, int]) -> dict[str, int]:
     return addresses
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _condense(text: str) -> str:
-    lines = [" ".join(line.split()) for line in text.splitlines() if line.strip()]
-    return "; ".join(lines[-3:])[:300] or "no message"
-
-
 def _check_input(path: Path, what: str) -> int:
     try:
         st = os.stat(path)
@@ -215,36 +203,16 @@ def build_uki(kernel: Path, initrd: Path, cmdline: str, output: Path, stub: Path
                 "--set-section-flags", f"{name}=contents,alloc,load,readonly,data",
                 "--change-section-vma", f"{name}={addresses[name]:#x}",
             ]  # fmt: skip
-        fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-        os.close(fd)
-        try:
-            try:
-                proc = subprocess.run(
-                    [*args, str(stub), tmp],
-                    capture_output=True,
-                    text=True,
-                    errors="replace",
-                    timeout=_OBJCOPY_TIMEOUT,
-                    stdin=subprocess.DEVNULL,
-                )
-            except subprocess.TimeoutExpired:
-                raise BuildError(f"objcopy took more than {_OBJCOPY_TIMEOUT:.0f} s", output) from None
-            if proc.returncode != 0:
-                raise BuildError(f"objcopy failed: {_condense(proc.stderr + proc.stdout)}", output)
-            _check_layout(Path(tmp), addresses, sizes, output)
-            with open(tmp, "rb+") as f:
-                os.fchmod(f.fileno(), 0o644)
-                os.fsync(f.fileno())
-                size = os.fstat(f.fileno()).st_size
-            os.replace(tmp, output)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
-    _fsync_dir(output.parent)
-    return size
+        with beside(output) as tmp:
+            run_tool(
+                [*args, str(stub), str(tmp)],
+                what="objcopy",
+                where=output,
+                timeout=_OBJCOPY_TIMEOUT,
+                error=BuildError,
+            )
+            _check_layout(tmp, addresses, sizes, output)
+    return output.stat().st_size
 
 
 def _check_layout(path: Path, addresses: dict[str, int], sizes: dict[str, int], where: Path) -> None:

@@ -126,3 +126,20 @@ def perceus(tmp_path: Path, initialised_template: Path) -> Instance:
         path.unlink()
         path.symlink_to(root / "var" / link)
     return Instance(root, _environment(root))
+
+
+@pytest.fixture
+def net(perceus: Instance, tmp_path: Path) -> Instance:
+    """An instance (master device lo, 127.0.0.1/8) whose run and exports paths are private."""
+    perceus.env["PERCEUS_RUNDIR"] = str(tmp_path / "run")
+    perceus.env["PERCEUS_EXPORTS_FILE"] = str(tmp_path / "exports.d" / "perceus.exports")
+    return perceus
+
+
+@pytest.fixture
+def stage1(tmp_path: Path) -> tuple[Path, Path]:
+    """A stand-in kernel and initramfs, for commands that only copy them (the TFTP tree)."""
+    kernel, initramfs = tmp_path / "vmlinuz-test", tmp_path / "initramfs-test.img"
+    kernel.write_bytes(b"kernel " * 1000)
+    initramfs.write_bytes(os.urandom(300_000))
+    return kernel, initramfs

@@ -192,3 +192,62 @@ def sshd(ns: Namespace, workdir: Path, port: int = 2222) -> Iterator[SshServer]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=10)
+
+
+@dataclass(frozen=True)
+class VethPair:
+    """Two namespaces joined by a veth pair; the server end has the /24's first address."""
+
+    server_ns: str
+    client_ns: str
+    server_if: str
+    client_if: str
+    network: ipaddress.IPv4Network
+
+    @property
+    def server_address(self) -> str:
+        return str(self.network.network_address + 1)
+
+    @property
+    def prefix(self) -> str:
+        """The /24's first three octets, e.g. ``10.252.7``."""
+        return self.server_address.rsplit(".", 1)[0]
+
+
+def _kill_all(ns: str) -> None:
+    for each in run("ip", "netns", "pids", ns, check=False).stdout.split():
+        try:  # only processes the test started can be in its namespaces
+            os.kill(int(each), signal.SIGKILL)
+        except (ProcessLookupError, ValueError):
+            pass
+
+
+@contextmanager
+def veth_pair(name: str, second_octet: int, client_mac: str | None = None) -> Iterator[VethPair]:
+    """Two fresh namespaces (a DHCP server's and a client's) joined by a veth pair on
+    ``10.<second_octet>.<pid>.0/24``, both ends up, the client's without an address; on exit
+    every process in them is killed and both namespaces (and the pair) are removed."""
+    pid = os.getpid()
+    pair = VethPair(
+        server_ns=f"perceus-{name}-{pid}-s",
+        client_ns=f"perceus-{name}-{pid}-c",
+        server_if=f"p{name[:4]}{pid}s"[:15],
+        client_if=f"p{name[:4]}{pid}c"[:15],
+        network=ipaddress.ip_network(f"10.{second_octet}.{pid % 250}.0/24"),
+    )
+    try:
+        run("ip", "netns", "add", pair.server_ns)
+        run("ip", "netns", "add", pair.client_ns)
+        run("ip", "link", "add", pair.server_if, "netns", pair.server_ns, "type", "veth",
+            "peer", "name", pair.client_if, "netns", pair.client_ns)  # fmt: skip
+        run("ip", "-n", pair.server_ns, "addr", "add", f"{pair.server_address}/24", "dev", pair.server_if)
+        if client_mac:
+            run("ip", "-n", pair.client_ns, "link", "set", pair.client_if, "address", client_mac)
+        for ns, iface in ((pair.server_ns, pair.server_if), (pair.client_ns, pair.client_if)):
+            run("ip", "-n", ns, "link", "set", iface, "up")
+            run("ip", "-n", ns, "link", "set", "lo", "up")
+        yield pair
+    finally:
+        for ns in (pair.server_ns, pair.client_ns):
+            _kill_all(ns)
+            run("ip", "netns", "del", ns, check=False)  # takes the veth pair with it

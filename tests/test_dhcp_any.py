@@ -6,19 +6,16 @@ import asyncio
 import errno
 import ipaddress
 import json
-import os
 import random
-import signal
 import socket
 import struct
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
-from netns import run
+from netns import VethPair, run, veth_pair
 
 from perceus.stage1 import dhcp_any, netup
 from perceus.stage1.dhcp_any import (
@@ -337,52 +334,8 @@ def test_retransmissions_are_bounded(monkeypatch):
 # --- a real lease from dnsmasq, across a veth pair between two namespaces ---
 
 
-@dataclass(frozen=True)
-class Pair:
-    server_ns: str
-    client_ns: str
-    server_if: str
-    client_if: str
-    network: ipaddress.IPv4Network
-
-    @property
-    def server_address(self) -> str:
-        return str(self.network.network_address + 1)
-
-
 @contextmanager
-def veth_pair() -> Iterator[Pair]:
-    """Two fresh namespaces joined by a veth pair, both ends up; all removed on exit."""
-    pid = os.getpid()
-    pair = Pair(
-        server_ns=f"perceus-dhcp-{pid}-s",
-        client_ns=f"perceus-dhcp-{pid}-c",
-        server_if=f"pd{pid}s"[:15],
-        client_if=f"pd{pid}c"[:15],
-        network=ipaddress.ip_network(f"10.253.{pid % 256}.0/24"),
-    )
-    try:
-        run("ip", "netns", "add", pair.server_ns)
-        run("ip", "netns", "add", pair.client_ns)
-        run("ip", "link", "add", pair.server_if, "netns", pair.server_ns, "type", "veth",
-            "peer", "name", pair.client_if, "netns", pair.client_ns)  # fmt: skip
-        run("ip", "-n", pair.server_ns, "addr", "add", f"{pair.server_address}/24", "dev", pair.server_if)
-        for ns, iface in ((pair.server_ns, pair.server_if), (pair.client_ns, pair.client_if)):
-            run("ip", "-n", ns, "link", "set", iface, "up")
-            run("ip", "-n", ns, "link", "set", "lo", "up")
-        yield pair
-    finally:
-        for ns in (pair.server_ns, pair.client_ns):
-            for each in run("ip", "netns", "pids", ns, check=False).stdout.split():
-                try:  # only processes this test started can be in its namespaces
-                    os.kill(int(each), signal.SIGKILL)
-                except (ProcessLookupError, ValueError):
-                    pass
-            run("ip", "netns", "del", ns, check=False)  # takes the veth pair with it
-
-
-@contextmanager
-def dnsmasq(pair: Pair, workdir: Path) -> Iterator[Path]:
+def dnsmasq(pair: VethPair, workdir: Path) -> Iterator[Path]:
     """dnsmasq serving DHCP (no DNS) on the server end; yields its lease file."""
     hosts = list(pair.network.hosts())
     leases, pidfile, log = workdir / "dnsmasq.leases", workdir / "dnsmasq.pid", workdir / "dnsmasq.log"
@@ -413,7 +366,7 @@ print(json.dumps(lease and [lease.iface, lease.address, lease.server]))
 """
 
 
-def lease_in_namespace(pair: Pair, leases: Path, ib_address: bytes = b"") -> tuple[str, list[str]]:
+def lease_in_namespace(pair: VethPair, leases: Path, ib_address: bytes = b"") -> tuple[str, list[str]]:
     """Run the client in the client namespace: its address, after checking what it applied,
     and dnsmasq's one lease line (expiry, hardware address, address, hostname, client-id)."""
     proc = subprocess.run(
@@ -448,7 +401,7 @@ def lease_in_namespace(pair: Pair, leases: Path, ib_address: bytes = b"") -> tup
 
 
 def test_lease_from_dnsmasq_across_namespaces(tmp_path: Path):
-    with veth_pair() as pair, dnsmasq(pair, tmp_path) as leases:
+    with veth_pair("dhcp", 253) as pair, dnsmasq(pair, tmp_path) as leases:
         address, line = lease_in_namespace(pair, leases)
         mac_text = run(
             "ip", "netns", "exec", pair.client_ns, "cat", f"/sys/class/net/{pair.client_if}/address"
@@ -461,6 +414,6 @@ def test_lease_from_dnsmasq_across_namespaces(tmp_path: Path):
 def test_dnsmasq_answers_rfc4390_requests(tmp_path: Path):
     """The IPoIB form of every request (htype 32, hlen 0, no chaddr, BROADCAST, a DUID-LL of
     the GUID) gets a lease; only the frames around them are Ethernet's."""
-    with veth_pair() as pair, dnsmasq(pair, tmp_path) as leases:
+    with veth_pair("dhcp", 253) as pair, dnsmasq(pair, tmp_path) as leases:
         address, line = lease_in_namespace(pair, leases, IB_ADDR)
         assert line[2] == address and line[4] == client_id(ARPHRD_INFINIBAND, IB_ADDR).hex(":")

@@ -2,7 +2,6 @@
 dnsmasq accepting its configuration, and bad input changing nothing."""
 
 import filecmp
-import os
 import stat
 import subprocess
 import tempfile
@@ -16,23 +15,6 @@ from perceus.server.netservices import tftp
 from conftest import Instance
 
 MAC1, MAC2 = "52:54:00:AA:00:01", "52:54:00:AA:00:02"
-
-
-@pytest.fixture
-def net(perceus: Instance, tmp_path: Path) -> Instance:
-    """An instance (master device lo, 127.0.0.1/8) whose run and exports paths are private."""
-    perceus.env["PERCEUS_RUNDIR"] = str(tmp_path / "run")
-    perceus.env["PERCEUS_EXPORTS_FILE"] = str(tmp_path / "exports.d" / "perceus.exports")
-    return perceus
-
-
-@pytest.fixture
-def stage1(tmp_path: Path) -> tuple[Path, Path]:
-    """A stand-in kernel and initramfs: the TFTP tree only copies them."""
-    kernel, initramfs = tmp_path / "vmlinuz-test", tmp_path / "initramfs-test.img"
-    kernel.write_bytes(b"kernel " * 1000)
-    initramfs.write_bytes(os.urandom(300_000))
-    return kernel, initramfs
 
 
 def files(*roots: Path) -> dict[str, bytes]:

@@ -6,16 +6,11 @@ udhcpc takes a lease and busybox tftp fetches pxelinux.0, as a PXE ROM would. No
 leaves those namespaces; both are removed, with every process in them, even on failure.
 """
 
-import os
-import signal
 import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
+from netns import VethPair, veth_pair
 
 from conftest import BIN, Instance, Result
 
@@ -23,73 +18,8 @@ NODE_MAC = "52:54:00:fe:00:01"
 TIMEOUT = 60
 
 
-@dataclass(frozen=True)
-class Lab:
-    master_ns: str
-    node_ns: str
-    master_if: str
-    node_if: str
-    prefix: str  # "10.252.N"
-
-    @property
-    def master_ip(self) -> str:
-        return f"{self.prefix}.1"
-
-
 def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(args, capture_output=True, text=True, timeout=TIMEOUT, check=check)
-
-
-def _kill_all(ns: str) -> None:
-    for each in sh("ip", "netns", "pids", ns, check=False).stdout.split():
-        try:  # only processes this test started can be in its namespace
-            os.kill(int(each), signal.SIGKILL)
-        except (ProcessLookupError, ValueError):
-            pass
-
-
-@contextmanager
-def lab(tag: str) -> Iterator[Lab]:
-    """Two namespaces and a veth pair between them; the node's end has a fixed MAC, no address."""
-    pid = os.getpid()
-    made = Lab(
-        master_ns=f"perceus-net-{pid}-{tag}m",
-        node_ns=f"perceus-net-{pid}-{tag}n",
-        master_if=f"pm{pid}{tag}"[:15],
-        node_if=f"pn{pid}{tag}"[:15],
-        prefix=f"10.252.{pid % 250}",
-    )
-    try:
-        sh("ip", "netns", "add", made.master_ns)
-        sh("ip", "netns", "add", made.node_ns)
-        sh("ip", "link", "add", made.master_if, "type", "veth", "peer", "name", made.node_if)
-        sh("ip", "link", "set", made.master_if, "netns", made.master_ns)
-        sh("ip", "link", "set", made.node_if, "netns", made.node_ns)
-        sh("ip", "-n", made.master_ns, "addr", "add", f"{made.master_ip}/24", "dev", made.master_if)
-        sh("ip", "-n", made.node_ns, "link", "set", made.node_if, "address", NODE_MAC)
-        for ns, dev in ((made.master_ns, made.master_if), (made.node_ns, made.node_if)):
-            sh("ip", "-n", ns, "link", "set", dev, "up")
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-        yield made
-    finally:
-        for ns in (made.master_ns, made.node_ns):
-            _kill_all(ns)
-            sh("ip", "netns", "del", ns, check=False)
-        sh("ip", "link", "del", made.master_if, check=False)  # gone with its namespace, normally
-
-
-@pytest.fixture
-def net(perceus: Instance, tmp_path: Path) -> Instance:
-    perceus.env["PERCEUS_RUNDIR"] = str(tmp_path / "run")
-    return perceus
-
-
-@pytest.fixture
-def stage1(tmp_path: Path) -> tuple[Path, Path]:
-    kernel, initramfs = tmp_path / "vmlinuz-test", tmp_path / "initramfs-test.img"
-    kernel.write_bytes(b"kernel " * 1000)
-    initramfs.write_bytes(os.urandom(200_000))
-    return kernel, initramfs
 
 
 def perceus_in(inst: Instance, ns: str, *args: str) -> Result:
@@ -117,13 +47,13 @@ def set_conf(inst: Instance, key: str, value: str) -> None:
     conf.write_text(conf.read_text() + f"{key} = {value}\n")
 
 
-def udhcpc(made: Lab, workdir: Path, ipxe: bool = False) -> dict[str, str]:
+def udhcpc(made: VethPair, workdir: Path, ipxe: bool = False) -> dict[str, str]:
     """One DHCP lease in the node's namespace, as the variables busybox gives its script.
 
     The script also puts the address on the interface, so TFTP can follow. With ``ipxe``
     the request carries iPXE's user class (option 77, "iPXE").
     """
-    sh("ip", "-n", made.node_ns, "addr", "flush", "dev", made.node_if)
+    sh("ip", "-n", made.client_ns, "addr", "flush", "dev", made.client_if)
     log = workdir / "udhcpc.env"
     log.unlink(missing_ok=True)
     script = workdir / "udhcpc.sh"
@@ -139,7 +69,7 @@ def udhcpc(made: Lab, workdir: Path, ipxe: bool = False) -> dict[str, str]:
         "busybox",
         "udhcpc",
         "-i",
-        made.node_if,
+        made.client_if,
         "-n",
         "-q",
         "-f",
@@ -153,19 +83,19 @@ def udhcpc(made: Lab, workdir: Path, ipxe: bool = False) -> dict[str, str]:
     if ipxe:
         args += ["-x", "0x4d:" + b"iPXE".hex()]
     proc = subprocess.run(
-        ["ip", "netns", "exec", made.node_ns, *args], capture_output=True, text=True, timeout=TIMEOUT
+        ["ip", "netns", "exec", made.client_ns, *args], capture_output=True, text=True, timeout=TIMEOUT
     )
     assert proc.returncode == 0 and log.exists(), f"no lease: {proc.stdout}{proc.stderr}"
     return dict(line.split("=", 1) for line in log.read_text().splitlines() if "=" in line)
 
 
-def tftp_get(made: Lab, name: str, target: Path) -> bytes:
+def tftp_get(made: VethPair, name: str, target: Path) -> bytes:
     proc = subprocess.run(
         [
             "ip",
             "netns",
             "exec",
-            made.node_ns,
+            made.client_ns,
             "busybox",
             "tftp",
             "-g",
@@ -173,7 +103,7 @@ def tftp_get(made: Lab, name: str, target: Path) -> bytes:
             name,
             "-l",
             str(target),
-            made.master_ip,
+            made.server_address,
         ],
         capture_output=True,
         text=True,
@@ -192,12 +122,12 @@ def test_pxe_client_gets_a_lease_and_pxelinux_from_the_started_services(
 ) -> None:
     kernel, initramfs = stage1
     log = tmp_path / "dnsmasq.log"
-    with lab("a") as made:
-        set_conf(net, "master network device", made.master_if)
+    with veth_pair("neta", 252, NODE_MAC) as made:
+        set_conf(net, "master network device", made.server_if)
         try:
             ok_in(
                 net,
-                made.master_ns,
+                made.server_ns,
                 "configure",
                 "tftp",
                 "--kernel",
@@ -207,11 +137,11 @@ def test_pxe_client_gets_a_lease_and_pxelinux_from_the_started_services(
             )
             # pytest's temporary directories are closed to others: configure keeps dnsmasq root
             dns_args = ("configure", "dnsmasq", "--log-dhcp", "--log-file", str(log))
-            out = ok_in(net, made.master_ns, *dns_args).out
+            out = ok_in(net, made.server_ns, *dns_args).out
             assert f"DHCP range {made.prefix}.192-{made.prefix}.254" in out
-            started = ok_in(net, made.master_ns, "service", "start").out
+            started = ok_in(net, made.server_ns, "service", "start").out
             assert "perceusd: started (pid" in started and "dnsmasq: started (pid" in started
-            running = status_lines(ok_in(net, made.master_ns, "service", "status"))
+            running = status_lines(ok_in(net, made.server_ns, "service", "status"))
             assert running["perceusd"].startswith("running (pid") and running["dnsmasq"].startswith(
                 "running (pid"
             )
@@ -222,55 +152,54 @@ def test_pxe_client_gets_a_lease_and_pxelinux_from_the_started_services(
             lease = udhcpc(made, tmp_path)
             host = int(lease["ip"].rsplit(".", 1)[1])
             assert lease["ip"].startswith(made.prefix + ".") and 192 <= host <= 254, lease
-            assert lease["siaddr"] == made.master_ip and lease["boot_file"] == "undionly.kpxe", lease
+            assert lease["siaddr"] == made.server_address and lease["boot_file"] == "undionly.kpxe", lease
             got = tftp_get(made, "pxelinux.0", tmp_path / "got-pxelinux.0")
             assert got == Path("/usr/lib/PXELINUX/pxelinux.0").read_bytes()
             default = tftp_get(made, "pxelinux.cfg/default", tmp_path / "got-default").decode()
-            assert f"masterip={made.master_ip} " in default
+            assert f"masterip={made.server_address} " in default
             assert tftp_get(made, "perceus/stage1.img", tmp_path / "got-stage1") == initramfs.read_bytes()
 
             # Known now, with a static address in the hosts file (guide 3.1.4); iPXE asks again.
             net.ok("node", "add", NODE_MAC)
             net.ok("node", "set", "ipaddr", f"{made.prefix}.50", "n0000")
-            ok_in(net, made.master_ns, *dns_args)
-            restarted = ok_in(net, made.master_ns, "service", "restart").out
+            ok_in(net, made.server_ns, *dns_args)
+            restarted = ok_in(net, made.server_ns, "service", "restart").out
             assert "dnsmasq: stopped" in restarted and "dnsmasq: started" in restarted
             lease = udhcpc(made, tmp_path, ipxe=True)
             assert lease["ip"] == f"{made.prefix}.50" and lease.get("hostname") == "n0000", lease
             assert lease["boot_file"] == "pxelinux.0", lease
-            answer = sh(
-                "ip", "netns", "exec", made.node_ns, "busybox", "nslookup", "-type=a", "n0000", made.master_ip
-            )
+            nslookup = ["busybox", "nslookup", "-type=a", "n0000", made.server_address]
+            answer = sh("ip", "netns", "exec", made.client_ns, *nslookup)
             assert f"Address: {made.prefix}.50" in answer.stdout, answer.stdout
 
-            stopped = ok_in(net, made.master_ns, "service", "stop").out
+            stopped = ok_in(net, made.server_ns, "service", "stop").out
             assert "dnsmasq: stopped (pid" in stopped and "perceusd: stopped (pid" in stopped
-            after = perceus_in(net, made.master_ns, "service", "status")
+            after = perceus_in(net, made.server_ns, "service", "status")
             assert after.status == 3 and status_lines(after) == {"perceusd": "stopped", "dnsmasq": "stopped"}
-            assert sh("ip", "netns", "pids", made.master_ns).stdout.split() == []
+            assert sh("ip", "netns", "pids", made.server_ns).stdout.split() == []
             assert not (tmp_path / "run" / "dnsmasq.pid").exists()
             assert not (tmp_path / "run" / "perceusd.pid").exists()
         finally:
-            perceus_in(net, made.master_ns, "service", "stop")
+            perceus_in(net, made.server_ns, "service", "stop")
 
 
 def test_start_is_all_or_nothing(net: Instance, tmp_path: Path) -> None:
     """dnsmasq cannot start (its device is missing): the perceusd just started is stopped again."""
-    with lab("b") as made:
-        set_conf(net, "master network device", made.master_if)
+    with veth_pair("netb", 252, NODE_MAC) as made:
+        set_conf(net, "master network device", made.server_if)
         try:
-            ok_in(net, made.master_ns, "configure", "dnsmasq", "--user", "root")
-            sh("ip", "-n", made.master_ns, "link", "del", made.master_if)  # gone after configuring
-            result = perceus_in(net, made.master_ns, "service", "start")
+            ok_in(net, made.server_ns, "configure", "dnsmasq", "--user", "root")
+            sh("ip", "-n", made.server_ns, "link", "del", made.server_if)  # gone after configuring
+            result = perceus_in(net, made.server_ns, "service", "start")
             assert result.status == 1, result.err
             errors = [line for line in result.err.splitlines() if line.startswith("perceus: error: ")]
             assert len(errors) == 1 and "dnsmasq did not start" in errors[0], result.err
             assert "perceusd: started" in result.out
-            down = perceus_in(net, made.master_ns, "service", "status")
+            down = perceus_in(net, made.server_ns, "service", "status")
             assert down.status == 3 and status_lines(down) == {"perceusd": "stopped", "dnsmasq": "stopped"}
-            assert sh("ip", "netns", "pids", made.master_ns).stdout.split() == []
+            assert sh("ip", "netns", "pids", made.server_ns).stdout.split() == []
         finally:
-            perceus_in(net, made.master_ns, "service", "stop")
+            perceus_in(net, made.server_ns, "service", "stop")
 
 
 def test_status_when_nothing_runs_and_start_without_a_configuration(net: Instance, tmp_path: Path) -> None:

@@ -64,7 +64,7 @@ def _dnsmasq_user(app: App, paths: tuple[Path, ...], where: str) -> str | None:
 @click.option(
     "--ipv6-ra",
     is_flag=True,
-    help="Send IPv6 router advertisements for the device's IPv6 prefix: iPXE stops waiting ~10 s for one.",
+    help="Send IPv6 router advertisements for the device's IPv6 prefix: iPXE stops waiting ~13 s for one.",
 )
 @click.option("--log-dhcp", is_flag=True, help="Log every DHCP exchange in detail.")
 @click.option(

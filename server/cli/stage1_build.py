@@ -90,7 +90,7 @@ def build(
     )
     try:
         result = build_stage1(opts)
-        if output is None and result.kernel is not None:
+        if output is None:
             install_kernel(result.kernel, app.paths.stage1_kernel)
     except BuildError as exc:
         raise PerceusError(str(exc), WHERE) from None

@@ -14,10 +14,10 @@ import click
 
 from perceus.server.cli.app import App, pass_app
 from perceus.server.errors import PerceusError, UsageError
+from perceus.server.netservices.pxelinux import CONSOLE
 
 WHERE = "stage1 flash"
-# The serial console last: it becomes /dev/console, where stage one talks.
-DEFAULT_CMDLINE = "console=tty0 console=ttyS0,115200"
+DEFAULT_CMDLINE = CONSOLE  # the same consoles as a PXE-booted stage one
 
 
 def _size(n: int) -> str:

@@ -128,7 +128,7 @@ def render(config: DnsmasqConfig, nodes: Iterable[Node]) -> str:
     if config.ipv6_ra:
         lines += [
             "",
-            "# IPv6 router advertisements (--ipv6-ra): iPXE waits ~10 s for one before it boots.",
+            "# IPv6 router advertisements (--ipv6-ra): iPXE waits ~13 s for one before it boots.",
             "enable-ra",
             f"dhcp-range=::,constructor:{config.device},ra-only",
         ]
