@@ -8,7 +8,7 @@
 from Cython.Build import cythonize
 from setuptools import Extension, find_packages, setup
 
-ROOMS = ["stage1", "native", "server", "imagefmt", "capsule", "bench", "buildroot"]
+ROOMS = ["common", "stage1", "native", "server", "imagefmt", "capsule", "bench", "buildroot"]
 
 # Each room and its sub-packages (server.cli, server.db, server.modules...), so a wheel has them too.
 PACKAGES = [f"perceus.{room}" for room in ROOMS] + [

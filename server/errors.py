@@ -1,25 +1,28 @@
-"""The one exception type a user ever sees: it carries the exit status and where it happened."""
+"""The master's domain errors: what went wrong and where (a file, a key, a node, a value).
+
+They carry no exit status: the CLI decides that in one place (``cli.errors``), so the
+services under it can be called from anything (tests, perceusd, a future REST API).
+"""
+
+from perceus.common.errors import InvalidInput, ReasonError
+
+__all__ = ["InvalidRequest", "PerceusError"]
 
 
-class PerceusError(Exception):
-    """A failure reported as ``perceus: error: <what> (<where>)``.
+class PerceusError(ReasonError):
+    """A failure reported as ``perceus: error: <what> (<where>)``."""
 
-    ``status`` is 2 for usage mistakes and 1 for everything else, following the
-    command-line convention the CLI promises.
-    """
+    def __init__(self, what: str, where: object = "") -> None:
+        super().__init__(what, where)
 
-    def __init__(self, what: str, where: str = "", status: int = 1) -> None:
-        super().__init__(what)
-        self.what = what
-        self.where = where
-        self.status = status
+    @property
+    def what(self) -> str:
+        return self.reason
 
-    def __str__(self) -> str:
-        return f"{self.what} ({self.where})" if self.where else self.what
+    @property
+    def where(self) -> str:
+        return self.path or ""
 
 
-class UsageError(PerceusError):
-    """A mistake in what the user typed: exit status 2."""
-
-    def __init__(self, what: str, where: str = "") -> None:
-        super().__init__(what, where, status=2)
+class InvalidRequest(PerceusError, InvalidInput):
+    """What was asked for is wrong (a name, a value, a range): the CLI exits 2."""

@@ -39,7 +39,7 @@ from typing import NamedTuple
 
 from perceus.server import listfile
 from perceus.server.db import Node
-from perceus.server.errors import PerceusError, UsageError
+from perceus.server.errors import InvalidRequest, PerceusError
 from perceus.server.paths import DEFAULT_STATEDIR
 
 # Never synchronised, whatever the skip list says: kernel, runtime and state trees.
@@ -89,19 +89,19 @@ def skip_pattern(entry: str) -> str:
 def _check_host(host: str) -> str:
     """The host as rsync's remote spec wants it; refuses anything ssh could read as an option."""
     if not host or len(host) > 253 or not _HOST.fullmatch(host):
-        raise UsageError(f"not a node address: {host!r}", "livesync")
+        raise InvalidRequest(f"not a node address: {host!r}", "livesync")
     return f"[{host}]" if ":" in host else host
 
 
 def _check_remote_root(remote_root: str) -> None:
     if not remote_root.startswith("/") or any(ord(ch) < 32 for ch in remote_root):
-        raise UsageError(f"remote root must be an absolute path: {remote_root!r}", "livesync")
+        raise InvalidRequest(f"remote root must be an absolute path: {remote_root!r}", "livesync")
 
 
 def _check_ssh_options(options: Sequence[str]) -> None:
     for option in options:
         if any(ch in option for ch in "'\"\n\r\0"):
-            raise UsageError(f"ssh option with quotes or newlines: {option!r}", "livesync")
+            raise InvalidRequest(f"ssh option with quotes or newlines: {option!r}", "livesync")
 
 
 def rsync_command(
@@ -277,9 +277,9 @@ def livesync(
     if not source.is_dir():
         raise PerceusError("VNFS tree not found", str(source))
     if source.resolve() == Path("/"):
-        raise UsageError("refusing to synchronise the master's own root filesystem to nodes", str(source))
+        raise InvalidRequest("refusing to synchronise the master's own root filesystem to nodes", str(source))
     if parallel < 1 or timeout <= 0:
-        raise UsageError("parallel must be >= 1 and timeout > 0", "livesync")
+        raise InvalidRequest("parallel must be >= 1 and timeout > 0", "livesync")
     _check_ssh_options(ssh_options)
     _check_remote_root(remote_root)
     io_timeout = max(1, min(int(timeout), 300))
@@ -290,7 +290,7 @@ def livesync(
             continue
         try:
             _check_host(address or hostname)
-        except UsageError as exc:  # a bad address in the database fails that node alone
+        except InvalidRequest as exc:  # a bad address in the database fails that node alone
             results[hostname] = SyncResult("failed", exc.what)
             if progress:
                 progress(hostname, results[hostname])

@@ -2,7 +2,7 @@
 
 import re
 
-from perceus.server.errors import UsageError
+from perceus.server.errors import InvalidRequest
 
 _SEPARATED = re.compile(r"^[0-9A-Fa-f]{1,2}([:-])(?:[0-9A-Fa-f]{1,2}\1){4}[0-9A-Fa-f]{1,2}$")
 _BARE = re.compile(r"^[0-9A-Fa-f]{12}$")
@@ -35,5 +35,5 @@ def require_mac(text: str, where: str) -> str:
     """Like :func:`parse_mac`, but a bad address is a usage error naming it."""
     mac = parse_mac(text)
     if mac is None:
-        raise UsageError(f"not a MAC address: {text!r}", where)
+        raise InvalidRequest(f"not a MAC address: {text!r}", where)
     return mac

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from perceus.native import nodeset
 from perceus.server.db import Group, Node
-from perceus.server.errors import PerceusError, UsageError
+from perceus.server.errors import InvalidRequest, PerceusError
 from perceus.server.macaddr import parse_mac
 
 # Stand-ins that let bracket ranges around globs expand first ("n[1-2]*"): never in a name.
@@ -35,7 +35,7 @@ def expand_patterns(pattern: str, where: str) -> list[str]:
         masked = pattern.replace("*", _STAR).replace("?", _QUESTION)
         return [name.replace(_STAR, "*").replace(_QUESTION, "?") for name in nodeset.expand(masked)]
     except nodeset.NodeSetError as exc:
-        raise UsageError(str(exc), where) from exc
+        raise InvalidRequest(str(exc), where) from exc
 
 
 def _match(
@@ -91,7 +91,7 @@ def _mac_pattern(pattern: str, where: str) -> str:
         return pattern.upper().replace("-", ":")
     mac = parse_mac(pattern)
     if mac is None:
-        raise UsageError(f"not a MAC address: {pattern!r} (-i/--nodeid takes MACs)", where)
+        raise InvalidRequest(f"not a MAC address: {pattern!r} (-i/--nodeid takes MACs)", where)
     return mac
 
 

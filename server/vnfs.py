@@ -30,7 +30,7 @@ from pathlib import Path
 from perceus import capsule
 from perceus.imagefmt import image
 from perceus.server import hybridize
-from perceus.server.errors import PerceusError, UsageError
+from perceus.server.errors import InvalidRequest, PerceusError
 from perceus.server.fsutil import atomic_write
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
@@ -42,7 +42,7 @@ MAX_MANIFEST = 16 << 20
 
 def check_name(name: str, where: str) -> str:
     if not NAME.match(name) or ".." in name:
-        raise UsageError(f"not a VNFS name: {name!r}", where)
+        raise InvalidRequest(f"not a VNFS name: {name!r}", where)
     return name
 
 

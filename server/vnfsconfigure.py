@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from perceus.server.errors import PerceusError, UsageError
+from perceus.server.errors import InvalidRequest, PerceusError
 from perceus.server.fsutil import atomic_write
 
 MAX_FILE_BYTES = 1 << 20
@@ -159,9 +159,9 @@ def _quote(value: str) -> str:
 
 def _check_assignment(key: str, value: str, where: str) -> None:
     if not _KEY.fullmatch(key):
-        raise UsageError(f"not a config key: {key!r}", where)
+        raise InvalidRequest(f"not a config key: {key!r}", where)
     if any(ch in value for ch in "\n\r\0") or len(value) > MAX_LINE // 2:
-        raise UsageError(f"{key}: value must be one line of text", where)
+        raise InvalidRequest(f"{key}: value must be one line of text", where)
 
 
 def read_config(path: Path) -> dict[str, str]:
@@ -209,7 +209,9 @@ def set_console(config_path: Path, console: str) -> str:
     ``,115200``, as the original configure did.
     """
     if not _CONSOLE.fullmatch(console or ""):
-        raise UsageError(f"not a console device such as tty0 or ttyS0,115200: {console!r}", str(config_path))
+        raise InvalidRequest(
+            f"not a console device such as tty0 or ttyS0,115200: {console!r}", str(config_path)
+        )
     if console.startswith("ttyS") and "," not in console:
         console = f"{console},{SERIAL_DEFAULT_SPEED}"
     args = read_config(config_path).get("KERNEL_ARGS", "").split()
@@ -234,7 +236,7 @@ def _check_address(address: str, where: str) -> None:
     except ValueError:
         pass
     if not _HOSTNAME.fullmatch(address or ""):
-        raise UsageError(f"not an IP address or host name: {address!r}", where)
+        raise InvalidRequest(f"not an IP address or host name: {address!r}", where)
 
 
 def set_master(config_path: Path, address: str) -> None:
@@ -259,7 +261,7 @@ def set_master(config_path: Path, address: str) -> None:
 def hash_password(password: str) -> str:
     """SHA-512 crypt of ``password`` with a random salt (``openssl passwd -6``)."""
     if not password or len(password) > MAX_PASSWORD or any(ch in password for ch in "\n\r\0"):
-        raise UsageError(f"a password is 1 to {MAX_PASSWORD} characters on one line", "root password")
+        raise InvalidRequest(f"a password is 1 to {MAX_PASSWORD} characters on one line", "root password")
     try:
         proc = subprocess.run(
             ["openssl", "passwd", "-6", "-stdin"],
@@ -292,14 +294,14 @@ def set_root_password(
     """
     if hashed is not None:
         if not _HASH.fullmatch(hashed):
-            raise UsageError("not a crypt hash such as $6$salt$...", "root password")
+            raise InvalidRequest("not a crypt hash such as $6$salt$...", "root password")
         field: str | None = hashed
     elif password:
         field = hash_password(password)
     elif lock:
         field = None  # lock whatever is there
     else:
-        raise UsageError("refusing an empty root password (give one, or lock root)", "root password")
+        raise InvalidRequest("refusing an empty root password (give one, or lock root)", "root password")
     etc = Path(root) / "etc"
     if etc.is_symlink() or not etc.is_dir():
         raise PerceusError("etc is not a directory in the VNFS", str(etc))

@@ -12,7 +12,7 @@ import pytest
 from netns import Namespace, SshServer, namespace, sshd
 
 from perceus.server.db import Node
-from perceus.server.errors import PerceusError, UsageError
+from perceus.server.errors import InvalidRequest, PerceusError
 from perceus.server.livesync import livesync, node_targets, parse_skip, rsync_command
 
 VNFS = "debian-12-1.stateless.x86_64"
@@ -108,14 +108,14 @@ def test_rsync_command_dry_run_remote_root_and_ipv6() -> None:
     "host", ["-oProxyCommand=touch /tmp/x", "", "a b", "host;reboot", "user@host", "a/b"]
 )
 def test_rsync_command_refuses_hosts_ssh_could_misread(host: str) -> None:
-    with pytest.raises(UsageError, match="not a node address"):
+    with pytest.raises(InvalidRequest, match="not a node address"):
         rsync_command(Path("/vnfs"), host, [], [], ssh_options=[], dry_run=False)
 
 
 def test_rsync_command_refuses_bad_options_and_roots() -> None:
-    with pytest.raises(UsageError, match="ssh option"):
+    with pytest.raises(InvalidRequest, match="ssh option"):
         rsync_command(Path("/vnfs"), "n1", [], [], ssh_options=["-o", "ProxyCommand='x'"], dry_run=False)
-    with pytest.raises(UsageError, match="remote root"):
+    with pytest.raises(InvalidRequest, match="remote root"):
         rsync_command(Path("/vnfs"), "n1", [], [], ssh_options=[], dry_run=False, remote_root="relative")
 
 
@@ -132,7 +132,7 @@ def test_node_targets_prefer_the_address_perceusd_saw() -> None:
 def test_livesync_refuses_a_missing_tree_and_the_masters_root(tmp_path: Path) -> None:
     with pytest.raises(PerceusError, match="VNFS tree not found"):
         livesync(tmp_path / "missing", [("n1", "10.0.0.1")], [], [], timeout=5)
-    with pytest.raises(UsageError, match="master's own root"):
+    with pytest.raises(InvalidRequest, match="master's own root"):
         livesync(Path("/"), [("n1", "10.0.0.1")], [], [], timeout=5)
 
 

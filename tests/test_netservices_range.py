@@ -4,7 +4,7 @@ import ipaddress
 
 import pytest
 
-from perceus.server.errors import PerceusError, UsageError
+from perceus.server.errors import InvalidRequest, PerceusError
 from perceus.server.netservices.dhcprange import MAX_ADDRESSES, default_range, parse_range
 
 
@@ -78,5 +78,5 @@ def test_given_range_is_checked_against_the_subnet() -> None:
         ("10.0.0.200,10.0.0.255", "not a host address"),
         ("10.0.0.1,10.0.0.9", "the master's own address"),
     ]:
-        with pytest.raises(UsageError, match=words):
+        with pytest.raises(InvalidRequest, match=words):
             parse_range(bad, master, "here")

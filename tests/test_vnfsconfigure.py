@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from perceus.server import vnfsconfigure
-from perceus.server.errors import PerceusError, UsageError
+from perceus.server.errors import InvalidRequest, PerceusError
 from perceus.server.vnfsconfigure import (
     read_config,
     set_console,
@@ -150,7 +150,7 @@ def test_write_config_creates_a_missing_file(tmp_path: Path) -> None:
 def test_write_config_refuses_bad_keys_and_values(tmp_path: Path, key: str, value: str) -> None:
     path = config_file(tmp_path)
     before = path.read_bytes()
-    with pytest.raises(UsageError):
+    with pytest.raises(InvalidRequest):
         write_config(path, {key: value})
     assert path.read_bytes() == before
 
@@ -188,7 +188,7 @@ def test_set_console_adds_kernel_args_when_missing(tmp_path: Path) -> None:
 def test_set_console_refuses_unsafe_values(tmp_path: Path, console: str) -> None:
     path = config_file(tmp_path)
     before = path.read_bytes()
-    with pytest.raises(UsageError, match="not a console device"):
+    with pytest.raises(InvalidRequest, match="not a console device"):
         set_console(path, console)
     assert path.read_bytes() == before
 
@@ -218,7 +218,7 @@ def test_set_master_adds_master_only(tmp_path: Path) -> None:
 def test_set_master_refuses_bad_addresses(tmp_path: Path, address: str) -> None:
     path = config_file(tmp_path)
     before = path.read_bytes()
-    with pytest.raises(UsageError, match="not an IP address or host name"):
+    with pytest.raises(InvalidRequest, match="not an IP address or host name"):
         set_master(path, address)
     assert path.read_bytes() == before
 
@@ -321,7 +321,7 @@ def test_bad_passwords_and_hashes_change_nothing(
     tmp_path: Path, password: str | None, hashed: str | None, message: str
 ) -> None:
     root = vnfs_root(tmp_path)
-    with pytest.raises(UsageError, match=message):
+    with pytest.raises(InvalidRequest, match=message):
         set_root_password(root, password, hashed=hashed)
     assert (root / "etc/shadow").read_text() == SHADOW
 

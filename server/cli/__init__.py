@@ -11,8 +11,8 @@ import traceback
 
 import click
 
+from perceus.common.errors import InvalidInput, ReasonError
 from perceus.server.cli.app import App
-from perceus.server.errors import PerceusError
 
 VERSION = "0.1.0"
 
@@ -59,6 +59,11 @@ def cli(ctx: click.Context, by_nodeid: bool, assume_yes: bool, quiet: bool, verb
     ctx.obj = App(by_nodeid=by_nodeid, assume_yes=assume_yes, quiet=quiet, verbose=verbose)
 
 
+def exit_status(exc: ReasonError) -> int:
+    """The one mapping from domain errors to exit statuses: 2 for the caller's mistake, else 1."""
+    return 2 if isinstance(exc, InvalidInput) else 1
+
+
 def _fail(message: str, where: str, status: int) -> int:
     text = " ".join(message.split())
     click.echo(f"perceus: error: {text} ({where})" if where else f"perceus: error: {text}", err=True)
@@ -84,8 +89,8 @@ def run(argv: list[str] | None = None) -> int:
         return _fail(exc.format_message(), "", exc.exit_code)
     except click.Abort:
         return _fail("aborted, nothing changed", "", 1)
-    except PerceusError as exc:
-        return _fail(exc.what, exc.where, exc.status)
+    except ReasonError as exc:
+        return _fail(exc.reason, exc.path or "", exit_status(exc))
     except BrokenPipeError:
         sys.stderr.close()  # the reader went away (| head): nothing left to say
         return 1

@@ -19,7 +19,7 @@ import click
 from perceus import capsule
 from perceus.capsule.format import ENCODING_RAW, FORMAT_VERSION, STATES
 from perceus.server.cli.app import App, pass_app
-from perceus.server.errors import PerceusError, UsageError
+from perceus.server.errors import InvalidRequest, PerceusError
 
 _SIZE = re.compile(r"(\d+)\s*([KMG]?)(i?B)?", re.IGNORECASE)
 
@@ -58,7 +58,7 @@ def failures(where: str) -> Callable:
             try:
                 return func(*args, **kwargs)
             except capsule.MetaError as exc:
-                raise UsageError(exc.reason, exc.path or where) from None
+                raise InvalidRequest(exc.reason, exc.path or where) from None
             except capsule.CapsuleError as exc:
                 raise PerceusError(exc.reason, exc.path or where) from None
             except OSError as exc:
@@ -108,11 +108,11 @@ def _meta(out: Path, options: dict[str, str | None], where: str) -> capsule.Meta
     ):
         given, named = options.get(key), fields.get(key) if fields else None
         if given is not None and named is not None and given != named:
-            raise UsageError(f"--{key} {given} contradicts OUT's name, which says {named}", where)
+            raise InvalidRequest(f"--{key} {given} contradicts OUT's name, which says {named}", where)
         values[key] = given if given is not None else named if named is not None else default
     for key in ("name", "version"):
         if values[key] is None:
-            raise UsageError(
+            raise InvalidRequest(
                 f"--{key} is required unless OUT is named name-version-revision.state.arch.vnfs", where
             )
     return capsule.Meta(
@@ -210,7 +210,7 @@ def pack(
     """Pack the root tree ROOTDIR into the capsule OUT (a file, or a directory to name it in)."""
     where = "capsule pack"
     if kernel is not None and no_kernel:
-        raise UsageError("give --kernel or --no-kernel, not both", where)
+        raise InvalidRequest("give --kernel or --no-kernel, not both", where)
     if options["kernel_args"] is None and config_file is None:
         options["kernel_args"] = "quiet"
     meta = _meta(out, options | {"version": version_, "os": os_name}, where)

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from perceus.server.cli.app import App, pass_app
-from perceus.server.errors import PerceusError, UsageError
+from perceus.server.errors import InvalidRequest, PerceusError
 from perceus.server.netservices import dhcprange, dnsmasq, hosts, master, nfs, pxelinux, services, tftp
 from perceus.server.selection import node_order
 
@@ -168,7 +168,7 @@ def configure_tftp(
         try:
             ipaddress.IPv4Address(master_address)
         except ValueError:
-            raise UsageError(f"--master takes an IPv4 address, not {master_address!r}", where) from None
+            raise InvalidRequest(f"--master takes an IPv4 address, not {master_address!r}", where) from None
     settings = app.settings
     address = master.node_address(settings, master_address)
     port = int(settings.perceus.get("perceusd port"))

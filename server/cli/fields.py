@@ -2,7 +2,7 @@
 
 import re
 
-from perceus.server.errors import UsageError
+from perceus.server.errors import InvalidRequest
 
 HOSTNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 GROUPNAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -15,7 +15,7 @@ def check_value(field: str, value: str, where: str) -> str | int:
     """The value as stored, or a usage error naming the field and what it expects."""
     if field in ("enabled", "debug"):
         if not re.fullmatch(r"\d{1,9}", value):
-            raise UsageError(f"{field} takes a whole number >= 0, not {value!r}", where)
+            raise InvalidRequest(f"{field} takes a whole number >= 0, not {value!r}", where)
         return int(value)
     rules = {
         "hostname": (HOSTNAME, "letters, digits, '.', '_' and '-', starting with a letter or digit"),
@@ -28,8 +28,8 @@ def check_value(field: str, value: str, where: str) -> str | int:
         if value == "" and field in ("vnfs", "ipaddr"):
             return value
         if not pattern.match(value):
-            raise UsageError(f"{field} takes {expected}, not {value!r}", where)
+            raise InvalidRequest(f"{field} takes {expected}, not {value!r}", where)
         return value
     if len(value) > MAX_TEXT or any(ord(c) < 32 for c in value):
-        raise UsageError(f"{field} takes one line of at most {MAX_TEXT} characters", where)
+        raise InvalidRequest(f"{field} takes one line of at most {MAX_TEXT} characters", where)
     return value

@@ -12,7 +12,7 @@ from perceus import capsule
 from perceus.server.cli.app import App, pass_app
 from perceus.server.cli.capsule import failures
 from perceus.server.cli.output import RULE
-from perceus.server.errors import UsageError
+from perceus.server.errors import InvalidRequest
 from perceus.server.modules import Activation, Module, ModuleStore, links, pack
 from perceus.server.paths import Paths
 
@@ -38,7 +38,9 @@ def _activations(module: Module, states: tuple[str, ...], where: str) -> list[Ac
     """The states asked for (deduplicated, in order), or the module's defaults."""
     chosen = [Activation.parse(s, where) for s in states] if states else list(module.info.states)
     if not chosen:
-        raise UsageError(f"module '{module.name}' has no default states: name them (e.g. init/all)", where)
+        raise InvalidRequest(
+            f"module '{module.name}' has no default states: name them (e.g. init/all)", where
+        )
     return list(dict.fromkeys(chosen))
 
 
@@ -117,7 +119,7 @@ def deactivate(app: App, name: str, states: tuple[str, ...]) -> None:
         mine = [link for link in links.scan(app.paths) if link.module == name]
         for activation in wanted:
             if not any(link.activation == activation for link in mine):
-                raise UsageError(f"module '{name}' is not active at {activation}", where)
+                raise InvalidRequest(f"module '{name}' is not active at {activation}", where)
         doomed = [link for link in mine if not wanted or link.activation in wanted]
         links.remove_links(doomed)
     places = sorted({link.activation for link in doomed})

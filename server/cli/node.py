@@ -11,7 +11,7 @@ from perceus.server.cli.completion import complete_nodes
 from perceus.server.cli.fields import check_value
 from perceus.server.db import Node
 from perceus.server.db.model import DAEMON_FIELDS, SETTABLE_FIELDS
-from perceus.server.errors import PerceusError, UsageError
+from perceus.server.errors import InvalidRequest, PerceusError
 from perceus.server.macaddr import require_mac
 from perceus.server.netservices import pxelinux
 from perceus.server.registry import NewNode, add_nodes
@@ -71,12 +71,12 @@ def import_(app: App, dhcpd, ethers, csv_file) -> None:
         if f is not None
     ]
     if len(sources) > 1:
-        raise UsageError("give one of --dhcpd, --ethers, --csv", where)
+        raise InvalidRequest("give one of --dhcpd, --ethers, --csv", where)
     if sources:
         handle, reader = sources[0]
     else:
         if sys.stdin.isatty():
-            raise UsageError("give --dhcpd, --ethers or --csv FILE, or MACs on standard input", where)
+            raise InvalidRequest("give --dhcpd, --ethers or --csv FILE, or MACs on standard input", where)
         handle, reader = sys.stdin, importers.read_macs
     name = "<stdin>" if handle is sys.stdin else handle.name
     try:
@@ -126,7 +126,7 @@ def list_(app: App, nodes: tuple[str, ...], as_json: bool) -> None:
 def _one(app: App, pattern: str, where: str) -> Node:
     chosen = selected(app, (pattern,), where)
     if len(chosen) != 1:
-        raise UsageError(
+        raise InvalidRequest(
             f"{pattern!r} names {len(chosen)} nodes, not one (use -i with the MAC address)", where
         )
     return chosen[0]
@@ -141,7 +141,7 @@ def replace(app: App, old: str, new: str) -> None:
     where = "node replace"
     old_node, new_node = _one(app, old, where), _one(app, new, where)
     if old_node.nodeid == new_node.nodeid:
-        raise UsageError(f"{old!r} and {new!r} are the same node", where)
+        raise InvalidRequest(f"{old!r} and {new!r} are the same node", where)
     app.confirm(
         f"Are you sure you wish to replace '{old_node.hostname}' with '{new_node.hostname}'?",
         node_rows([old_node, new_node]),
@@ -162,7 +162,7 @@ FILE_FIELDS = ("boot",)
 def set_boot(app: App, value: str, nodes: tuple[str, ...], where: str) -> None:
     """``boot``: the nodes' own pxelinux files (local disk, stage one, or the default)."""
     if value not in pxelinux.BOOT_CHOICES:
-        raise UsageError(f"boot takes local, perceus or default, not {value!r}", where)
+        raise InvalidRequest(f"boot takes local, perceus or default, not {value!r}", where)
     chosen = selected(app, nodes, where)
     count = pxelinux.set_boot(app.paths.tftp_dir, [n.nodeid for n in chosen], value, where)
     app.info(f"'{count}' nodes set boot='{value}'")

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from perceus.server.cli.app import App, pass_app
-from perceus.server.errors import PerceusError, UsageError
+from perceus.server.errors import InvalidRequest, PerceusError
 
 WHERE = "stage1 build"
 
@@ -19,7 +19,7 @@ def _modules(values: tuple[str, ...]) -> tuple[str, ...]:
     names = tuple(n.strip() for v in values for n in v.split(",") if n.strip())
     for name in names:
         if not all(c.isalnum() or c in "_-*?[]/." for c in name):
-            raise UsageError(f"--extra-modules: {name!r} is not a module name or pattern", WHERE)
+            raise InvalidRequest(f"--extra-modules: {name!r} is not a module name or pattern", WHERE)
     return names
 
 
@@ -31,7 +31,7 @@ def _master(text: str | None) -> str:
     try:
         masters = parse_masters(text)
     except ValueError as exc:
-        raise UsageError(f"--master: {exc}", WHERE) from None
+        raise InvalidRequest(f"--master: {exc}", WHERE) from None
     return ",".join(str(m) for m in masters)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from perceus.server.cli.app import App, pass_app
-from perceus.server.errors import PerceusError, UsageError
+from perceus.server.errors import InvalidRequest, PerceusError
 from perceus.server.netservices.pxelinux import CONSOLE
 
 WHERE = "stage1 flash"
@@ -37,11 +37,11 @@ def kernel_cmdline(cmdline: str | None, master: str | None) -> str:
         try:
             masters = parse_masters(master)
         except ValueError as exc:
-            raise UsageError(f"--master: {exc}", WHERE) from None
+            raise InvalidRequest(f"--master: {exc}", WHERE) from None
         if not masters:
-            raise UsageError("--master: no address given", WHERE)
+            raise InvalidRequest("--master: no address given", WHERE)
         if any(word.startswith("masterip=") for word in text.split()):
-            raise UsageError(
+            raise InvalidRequest(
                 "--cmdline already has masterip=: give it there or with --master, not both", WHERE
             )
         text = f"{text} masterip={','.join(str(m) for m in masters)}".strip()
@@ -139,19 +139,19 @@ def flash(
     with flashrom, padded with 0xFF to the chip's size, and verifies it by reading back.
     """
     if image is not None and programmer is None:
-        raise UsageError("--image needs --programmer: it names what to flash", WHERE)
+        raise InvalidRequest("--image needs --programmer: it names what to flash", WHERE)
     if uki_out is None and programmer is None:
-        raise UsageError("give --uki OUT.efi, --programmer PROG, or both", WHERE)
+        raise InvalidRequest("give --uki OUT.efi, --programmer PROG, or both", WHERE)
     if chip is not None and programmer is None:
-        raise UsageError("--chip needs --programmer", WHERE)
+        raise InvalidRequest("--chip needs --programmer", WHERE)
     if programmer is not None and not programmer.strip():
-        raise UsageError("--programmer is empty", WHERE)
+        raise InvalidRequest("--programmer is empty", WHERE)
     if image is not None:
         building = {"--uki": uki_out, "--kernel": kernel, "--initramfs": initramfs}
         building |= {"--cmdline": cmdline, "--master": master}
         given = [option for option, value in building.items() if value is not None]
         if given:
-            raise UsageError(f"--image flashes a ready file: {', '.join(given)} would build one", WHERE)
+            raise InvalidRequest(f"--image flashes a ready file: {', '.join(given)} would build one", WHERE)
         _flash(app, programmer, image, chip)
         return
 

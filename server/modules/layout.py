@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from perceus.server.errors import PerceusError, UsageError
+from perceus.server.errors import InvalidRequest, PerceusError
 
 MODULE_JSON = "module.json"
 ACTIVATE = "activate"
@@ -36,7 +36,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 def check_name(name: str, where: str, what: str = "module name") -> str:
     """A name safe as one path component (no '/', no leading '.', nothing but [A-Za-z0-9._-])."""
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise UsageError(f"not a {what}: {name!r} (use letters, digits, '-', '_' and '.')", where)
+        raise InvalidRequest(f"not a {what}: {name!r} (use letters, digits, '-', '_' and '.')", where)
     return name
 
 
@@ -58,7 +58,7 @@ class Activation:
             return cls(
                 check_name(parts[0], where, "state name"), parts[1], check_name(parts[2], where, "name")
             )
-        raise UsageError(usage, where)
+        raise InvalidRequest(usage, where)
 
     def __str__(self) -> str:
         return f"{self.state}/{self.scope}" + (f"/{self.name}" if self.name else "")

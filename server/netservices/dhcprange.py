@@ -10,7 +10,7 @@ master's own address is never inside it.
 import ipaddress
 from dataclasses import dataclass
 
-from perceus.server.errors import PerceusError, UsageError
+from perceus.server.errors import InvalidRequest, PerceusError
 
 MAX_ADDRESSES = 256
 
@@ -61,19 +61,19 @@ def parse_range(text: str, master: ipaddress.IPv4Interface | None, where: str) -
     """``START,END`` as the user gave it; both must lie in the master's subnet, if it has one."""
     parts = [part.strip() for part in text.split(",")]
     if len(parts) != 2:
-        raise UsageError(f"--range takes START,END, not {text!r}", where)
+        raise InvalidRequest(f"--range takes START,END, not {text!r}", where)
     try:
         start, end = (ipaddress.IPv4Address(part) for part in parts)
     except ValueError as exc:
-        raise UsageError(f"--range: {exc}", where) from None
+        raise InvalidRequest(f"--range: {exc}", where) from None
     if start > end:
-        raise UsageError(f"--range {text}: START is above END", where)
+        raise InvalidRequest(f"--range {text}: START is above END", where)
     chosen = DhcpRange(start, end)
     if master is not None:
         network = master.network
         for address in (start, end):
             if address not in network or address in (network.network_address, network.broadcast_address):
-                raise UsageError(f"--range {text}: {address} is not a host address of {network}", where)
+                raise InvalidRequest(f"--range {text}: {address} is not a host address of {network}", where)
         if master.ip in chosen:
-            raise UsageError(f"--range {text}: holds the master's own address {master.ip}", where)
+            raise InvalidRequest(f"--range {text}: holds the master's own address {master.ip}", where)
     return chosen

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from perceus.server.db import Node
-from perceus.server.errors import PerceusError, UsageError
+from perceus.server.errors import InvalidRequest, PerceusError
 from perceus.server.netservices.dhcprange import DhcpRange
 from perceus.server.netservices.files import install_text
 
@@ -56,15 +56,15 @@ class DnsmasqConfig:
 def check_options(lease_time: str, domain: str | None, user: str | None, where: str) -> None:
     """Usage errors for values dnsmasq would refuse, before anything is computed."""
     if not LEASE_TIME.match(lease_time):
-        raise UsageError(
+        raise InvalidRequest(
             f"--lease-time takes seconds with an optional s/m/h/d/w, or infinite, not {lease_time!r}", where
         )
     if lease_time.rstrip("smhdw").isdigit() and _seconds(lease_time) < 120:
-        raise UsageError(f"--lease-time {lease_time}: dnsmasq's minimum is 2m", where)
+        raise InvalidRequest(f"--lease-time {lease_time}: dnsmasq's minimum is 2m", where)
     if domain is not None and not DOMAIN.match(domain):
-        raise UsageError(f"--domain takes a DNS domain such as cluster.local, not {domain!r}", where)
+        raise InvalidRequest(f"--domain takes a DNS domain such as cluster.local, not {domain!r}", where)
     if user is not None and not USER.match(user):
-        raise UsageError(f"--user takes a user name, not {user!r}", where)
+        raise InvalidRequest(f"--user takes a user name, not {user!r}", where)
 
 
 def _seconds(lease_time: str) -> int:

@@ -11,7 +11,7 @@ import os
 import re
 from pathlib import Path
 
-from perceus.server.errors import PerceusError, UsageError
+from perceus.server.errors import InvalidRequest, PerceusError
 from perceus.server.netservices.files import install_text, remove
 
 KERNEL = "perceus/vmlinuz"
@@ -36,7 +36,7 @@ def check_append(extra: str, where: str) -> str:
     """Extra kernel arguments: printable words separated by single spaces."""
     extra = " ".join(extra.split())
     if extra and (not _APPEND.match(extra) or len(extra) > 1024):
-        raise UsageError("--append takes printable kernel arguments on one line", where)
+        raise InvalidRequest("--append takes printable kernel arguments on one line", where)
     return extra
 
 
@@ -119,7 +119,7 @@ def set_boot(tftp_root: Path, nodeids: list[str], choice: str, where: str) -> in
     Everything that can fail is checked before the first file is written.
     """
     if choice not in BOOT_CHOICES:
-        raise UsageError(f"boot takes local, perceus or default, not {choice!r}", where)
+        raise InvalidRequest(f"boot takes local, perceus or default, not {choice!r}", where)
     if choice == "default":
         for nodeid in nodeids:
             remove(mac_file(tftp_root, nodeid))
