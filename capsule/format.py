@@ -26,6 +26,8 @@ from typing import Any, BinaryIO
 
 from construct import Bytes, ConstructError, Int16ul, Int32ul, Int64ul, Struct
 
+from perceus.common.errors import InvalidInput, ReasonError
+
 # The version this code reads and writes; see "Version rule" in docs/capsule-format.md.
 FORMAT_VERSION = 1
 MAGIC = b"\x89PCAP\r\n\x1a"
@@ -80,19 +82,11 @@ CREATED_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-class CapsuleError(ValueError):
+class CapsuleError(ReasonError, ValueError):
     """A capsule, a legacy capsule or a tree to pack was refused; ``str()`` is one line."""
 
-    def __init__(self, reason: str, path: object = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.path = None if path is None else str(path)
 
-    def __str__(self) -> str:
-        return f"{self.reason} ({self.path})" if self.path else self.reason
-
-
-class MetaError(CapsuleError):
+class MetaError(CapsuleError, InvalidInput):
     """The metadata asked for is wrong (a bad name, an --arch the tree contradicts)."""
 
 

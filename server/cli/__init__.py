@@ -11,8 +11,9 @@ import traceback
 
 import click
 
-from perceus.common.errors import InvalidInput, ReasonError
+from perceus.common.errors import ReasonError
 from perceus.server.cli.app import App
+from perceus.server.cli.errors import PerceusGroup, exit_status, format_error
 
 VERSION = "0.1.0"
 
@@ -34,7 +35,7 @@ COMMANDS = {
 }
 
 
-class LazyGroup(click.Group):
+class LazyGroup(PerceusGroup):
     """Lists subcommands in the guide's order and imports each only when it is used."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -59,14 +60,8 @@ def cli(ctx: click.Context, by_nodeid: bool, assume_yes: bool, quiet: bool, verb
     ctx.obj = App(by_nodeid=by_nodeid, assume_yes=assume_yes, quiet=quiet, verbose=verbose)
 
 
-def exit_status(exc: ReasonError) -> int:
-    """The one mapping from domain errors to exit statuses: 2 for the caller's mistake, else 1."""
-    return 2 if isinstance(exc, InvalidInput) else 1
-
-
 def _fail(message: str, where: str, status: int) -> int:
-    text = " ".join(message.split())
-    click.echo(f"perceus: error: {text} ({where})" if where else f"perceus: error: {text}", err=True)
+    click.echo(format_error(message, where), err=True)
     return status
 
 

@@ -19,6 +19,7 @@ import click
 from perceus import capsule
 from perceus.capsule.format import ENCODING_RAW, FORMAT_VERSION, STATES
 from perceus.server.cli.app import App, pass_app
+from perceus.server.cli.errors import PerceusGroup
 from perceus.server.errors import InvalidRequest, PerceusError
 
 _SIZE = re.compile(r"(\d+)\s*([KMG]?)(i?B)?", re.IGNORECASE)
@@ -88,7 +89,7 @@ def tree_bytes(root: Path) -> int:
     return total
 
 
-@click.group("capsule")
+@click.group("capsule", cls=PerceusGroup)
 def capsule_group() -> None:
     """Pack, inspect, verify and unpack VNFS capsules (.vnfs) and modules (.pmod)."""
 

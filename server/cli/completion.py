@@ -4,6 +4,7 @@ import click
 from click.shell_completion import CompletionItem, get_completion_class
 
 from perceus.server.cli.app import App
+from perceus.server.cli.errors import PerceusCommand
 
 
 def _app(ctx: click.Context) -> App:
@@ -34,7 +35,7 @@ def complete_groups(ctx: click.Context, param: click.Parameter, incomplete: str)
     return [CompletionItem(g.name) for g in groups if g.name.startswith(incomplete)]
 
 
-@click.command()
+@click.command(cls=PerceusCommand)
 @click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]), default="bash")
 def completion(shell: str) -> None:
     """Print the shell completion script: eval "$(perceus completion bash)"."""

@@ -13,12 +13,13 @@ from pathlib import Path
 import click
 
 from perceus.server.cli.app import App, pass_app
+from perceus.server.cli.errors import PerceusGroup
 from perceus.server.errors import InvalidRequest, PerceusError
 from perceus.server.netservices import dhcprange, dnsmasq, hosts, master, nfs, pxelinux, services, tftp
 from perceus.server.selection import node_order
 
 
-@click.group()
+@click.group(cls=PerceusGroup)
 def configure() -> None:
     """Write the configuration of the network services nodes boot from."""
 

@@ -5,6 +5,7 @@ import click
 from perceus.server.cli import listing
 from perceus.server.cli.app import App, pass_app
 from perceus.server.cli.completion import complete_groups
+from perceus.server.cli.errors import PerceusGroup
 from perceus.server.cli.fields import check_value
 from perceus.server.cli.node import JSON, warn_unknown_vnfs
 from perceus.server.db import Group, Node
@@ -24,7 +25,7 @@ def members(app: App, groups: list[Group]) -> list[Node]:
     return sorted((n for n in app.db.nodes() if n.group in names), key=node_order)
 
 
-@click.group()
+@click.group(cls=PerceusGroup)
 def group() -> None:
     """Set, display and list group attributes and statistics."""
 

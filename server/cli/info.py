@@ -6,6 +6,7 @@ import click
 
 from perceus.server import netinfo
 from perceus.server.cli.app import App, pass_app
+from perceus.server.cli.errors import PerceusGroup
 from perceus.server.config import DEFAULTS_KEYS, PERCEUS_KEYS
 from perceus.server.errors import PerceusError
 
@@ -40,7 +41,7 @@ def config_value(app: App, key: str) -> str:
     return value
 
 
-@click.group()
+@click.group(cls=PerceusGroup)
 def info() -> None:
     """Print various aspects about Perceus."""
 

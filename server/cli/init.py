@@ -13,6 +13,7 @@ import click
 
 from perceus.server import netinfo
 from perceus.server.cli.app import App, pass_app
+from perceus.server.cli.errors import PerceusCommand
 from perceus.server.config import DEFAULTS_KEYS, PERCEUS_KEYS, Settings, parse, render
 from perceus.server.db import open_database
 from perceus.server.errors import PerceusError
@@ -81,7 +82,7 @@ def _link(link: Path, target: Path) -> None:
     tmp.replace(link)
 
 
-@click.command()
+@click.command(cls=PerceusCommand)
 @click.option("--master-device", help="Network device facing the nodes (perceus.conf).")
 @click.option("--transfer-master", help="Address nodes reach the VNFS server on (perceus.conf).")
 @click.option("--node-name", help="Name template of new nodes, e.g. n#### (defaults.conf).")

@@ -11,6 +11,7 @@ import click
 from perceus import capsule
 from perceus.server.cli.app import App, pass_app
 from perceus.server.cli.capsule import failures
+from perceus.server.cli.errors import PerceusGroup
 from perceus.server.cli.output import RULE
 from perceus.server.errors import InvalidRequest
 from perceus.server.modules import Activation, Module, ModuleStore, links, pack
@@ -52,7 +53,7 @@ def _active(app: App) -> dict[str, list[Activation]]:
     return {name: sorted(acts) for name, acts in found.items()}
 
 
-@click.group()
+@click.group(cls=PerceusGroup)
 def module() -> None:
     """Import, activate and display Perceus modules."""
 

@@ -8,6 +8,7 @@ from perceus.server import importers
 from perceus.server.cli import listing
 from perceus.server.cli.app import App, node_rows, pass_app
 from perceus.server.cli.completion import complete_nodes
+from perceus.server.cli.errors import PerceusGroup
 from perceus.server.cli.fields import check_value
 from perceus.server.db import Node
 from perceus.server.db.model import DAEMON_FIELDS, SETTABLE_FIELDS
@@ -33,7 +34,7 @@ def warn_unknown_vnfs(app: App, vnfs: str) -> None:
         app.warn(f"perceus: warning: VNFS '{vnfs}' is not imported yet ({app.paths.vnfs_dir})")
 
 
-@click.group()
+@click.group(cls=PerceusGroup)
 def node() -> None:
     """Set, display and list node attributes and statistics."""
 

@@ -9,6 +9,7 @@ scripts and systemctl do for "not running").
 import click
 
 from perceus.server.cli.app import App, pass_app
+from perceus.server.cli.errors import PerceusGroup
 from perceus.server.errors import PerceusError
 from perceus.server.netservices import dnsmasq, master, services
 
@@ -22,7 +23,7 @@ def _services(app: App) -> list[services.Service]:
     ]
 
 
-@click.group()
+@click.group(cls=PerceusGroup)
 def service() -> None:
     """Run the master's services: perceusd and dnsmasq (DHCP, TFTP, DNS)."""
 

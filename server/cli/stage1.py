@@ -2,11 +2,12 @@
 
 import click
 
+from perceus.server.cli.errors import PerceusGroup
 from perceus.server.cli.stage1_build import build
 from perceus.server.cli.stage1_flash import flash
 
 
-@click.group("stage1")
+@click.group("stage1", cls=PerceusGroup)
 def stage1() -> None:
     """Build and install stage one: the first OS a node boots (by PXE or from flash)."""
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from perceus.server.cli.app import App, pass_app
+from perceus.server.cli.errors import PerceusCommand
 from perceus.server.errors import InvalidRequest, PerceusError
 
 WHERE = "stage1 build"
@@ -48,7 +49,7 @@ def _site_key(path: Path | None) -> bytes | None:
         raise PerceusError(f"bad site key: {exc}", str(path)) from None
 
 
-@click.command("build")
+@click.command("build", cls=PerceusCommand)
 @click.option(
     "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Initramfs file to write."
 )

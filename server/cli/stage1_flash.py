@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from perceus.server.cli.app import App, pass_app
+from perceus.server.cli.errors import PerceusCommand
 from perceus.server.errors import InvalidRequest, PerceusError
 from perceus.server.netservices.pxelinux import CONSOLE
 
@@ -90,7 +91,7 @@ def _flash(app: App, programmer: str, image: Path, chip: str | None, label: str 
     app.info(f"  verified by read-back, sha256 {result.sha256} ({result.seconds:.1f} s)")
 
 
-@click.command("flash")
+@click.command("flash", cls=PerceusCommand)
 @click.option(
     "--uki",
     "uki_out",

@@ -12,6 +12,7 @@ from perceus.server import vnfs as store_ops
 from perceus.server.cli.app import App, pass_app
 from perceus.server.cli.capsule import failures, progress_bar, tree_bytes
 from perceus.server.cli.completion import complete_nodes
+from perceus.server.cli.errors import PerceusGroup
 from perceus.server.cli.node import JSON, selected
 from perceus.server.errors import PerceusError
 from perceus.server.hybridize import matches, parse_hybridize
@@ -43,7 +44,7 @@ def _users(app: App, name: str) -> list[str]:
     return [n.hostname for n in app.db.nodes() if n.vnfs == name]
 
 
-@click.group()
+@click.group(cls=PerceusGroup)
 def vnfs() -> None:
     """Import, delete, modify and sync VNFS capsules."""
 
