@@ -8,14 +8,15 @@ from functools import cached_property
 import click
 
 from perceus.server.config import Settings
-from perceus.server.db import Database, Node, open_database
+from perceus.server.db import Database, Node
 from perceus.server.errors import PerceusError
+from perceus.server.instance import Instance
 from perceus.server.paths import Paths
 
 
 @dataclass
 class App:
-    """The global options and lazily opened configuration and database."""
+    """The global options, and the instance the commands' services work on."""
 
     by_nodeid: bool = False
     assume_yes: bool = False
@@ -24,15 +25,19 @@ class App:
     paths: Paths = field(default_factory=Paths.from_environment)
 
     @cached_property
-    def settings(self) -> Settings:
-        if not self.paths.perceus_conf.exists():
-            raise PerceusError("perceus is not initialised: run 'perceus init'", str(self.paths.perceus_conf))
-        return Settings.load(self.paths, warn=self.warn)
+    def instance(self) -> Instance:
+        return Instance(self.paths, warn=self.warn)
 
-    @cached_property
+    @property
+    def settings(self) -> Settings:
+        return self.instance.settings
+
+    @property
     def db(self) -> Database:
-        database = open_database(self.settings)
-        self.debug(f"node database {database.path} (schema {database.schema_version})")
+        fresh = "db" not in self.instance.__dict__
+        database = self.instance.db
+        if fresh:
+            self.debug(f"node database {database.path} (schema {database.schema_version})")
         return database
 
     # -- output -------------------------------------------------------------------------
