@@ -35,12 +35,17 @@ from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from perceus.server import control, netinfo, provision, sitekey
+from perceus.server import control, netinfo, sitekey
 from perceus.server.config import Settings
 from perceus.server.errors import PerceusError
 from perceus.server.fsutil import atomic_write
 from perceus.server.paths import Paths
-from perceus.server.session import Context, Progress, Session, Streamer
+from perceus.server.perceusd.checkins import CheckinWriter
+from perceus.server.perceusd.memo import Memo
+from perceus.server.perceusd.offer import warm
+from perceus.server.perceusd.progress import Progress
+from perceus.server.perceusd.session import Context, Session
+from perceus.server.perceusd.streamer import Streamer
 from perceus.stage1 import protocol
 
 log = logging.getLogger("perceusd")
@@ -138,9 +143,9 @@ class Server:
     def __init__(self, settings: Settings, options: Options | None = None) -> None:
         self.settings = settings
         self.options = options or Options()
-        self.db = provision.CheckinWriter(settings)
-        self.hashes = provision.Memo()
-        self.dirs = provision.Memo(size=16)
+        self.db = CheckinWriter(settings)
+        self.hashes = Memo()
+        self.dirs = Memo(size=16)
         self.streamer = Streamer()
         self.ctx: Context | None = None
         self.warming: asyncio.Task | None = None  # the memos being filled for every VNFS
@@ -208,7 +213,7 @@ class Server:
         if self.warming is not None and not self.warming.done():
             self.warming.cancel()  # a node waiting on a memo keeps its computation (shielded)
         assert self.ctx is not None
-        self.warming = asyncio.ensure_future(provision.warm(self.ctx.store, self.hashes, self.dirs))
+        self.warming = asyncio.ensure_future(warm(self.ctx.store, self.hashes, self.dirs))
 
     def reload(self) -> None:
         """SIGHUP: re-read perceus.conf, defaults.conf and the site key; running sessions keep theirs."""

@@ -15,7 +15,7 @@ from test_perceusd_support import add_script, boot, import_vnfs, mac, options, r
 
 from perceus.server import daemon, nodescripts
 from perceus.server.daemon import serve
-from perceus.server.session import Streamer
+from perceus.server.perceusd.streamer import Streamer
 from perceus.stage1.protocol import Follows
 
 from conftest import Instance

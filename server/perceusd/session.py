@@ -3,38 +3,40 @@
 The protocol object decides what may be sent and received; this module does the I/O
 around it: reads bounded by the timeout of the state the session is in, the check-in,
 the nodescript, the offer, and the image, overlay and kernel bytes (image and kernel
-zero-copy, with sendfile(2) in the daemon's :class:`Streamer` thread). Whatever a node
-does — garbage, silence, a disconnect, a request out of range — ends this session only:
-a protocol error is answered with the ERROR the protocol object names, a silent node
-with ERROR(TIMEOUT), a failure on the master with ERROR(INTERNAL), and the connection is
+zero-copy, with sendfile(2) in the daemon's
+:class:`~perceus.server.perceusd.streamer.Streamer` thread). Whatever a node does —
+garbage, silence, a disconnect, a request out of range — ends this session only: a
+protocol error is answered with the ERROR the protocol object names, a silent node with
+ERROR(TIMEOUT), a failure on the master with ERROR(INTERNAL), and the connection is
 closed. Each session ends in one log line: node name, MAC, state, peer, outcome.
 
 Between HELLO and ASSIGN the session does as little as it can on the event loop, since
 hundreds of nodes check in at once: the database round trip is batched by
-:class:`perceus.server.provision.CheckinWriter`, the nodescript plan is cached, the
-overlay's staging directory is made only when a master-side part is about to run, and
+:class:`~perceus.server.perceusd.checkins.CheckinWriter`, the nodescript plan is cached,
+the overlay's staging directory is made only when a master-side part is about to run, and
 the image is opened, hashed (memoised) and the overlay built only after ASSIGN.
 """
 
 import asyncio
 import hashlib
 import logging
-import os
-import queue
-import select
 import shutil
 import socket
 import tempfile
-import threading
 import time
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from perceus.native.sysio import sendfile_all
-from perceus.server import nodescripts, overlay, provision
+from perceus.server import nodescripts, overlay
 from perceus.server.config import Settings
 from perceus.server.errors import PerceusError
+from perceus.server.perceusd.checkins import CheckinWriter
+from perceus.server.perceusd.decision import Action, Decision, decide
+from perceus.server.perceusd.memo import Memo
+from perceus.server.perceusd.offer import OpenVnfs, chunk_entries, image_directories, open_offer
+from perceus.server.perceusd.progress import Progress
+from perceus.server.perceusd.secretfilter import secret_filter
+from perceus.server.perceusd.streamer import Streamer, _EndedEarly
 from perceus.server.vnfs import VnfsStore
 from perceus.stage1 import protocol
 from perceus.stage1.protocol import (
@@ -66,7 +68,6 @@ READ_SIZE = 64 << 10
 PROGRESS_TICK = 0.5  # seconds between progress updates of a streaming session
 WRITE_PIECE = 1 << 20  # overlay bytes written per drain
 MAX_NODE_LOGS = 100  # LOG lines relayed per session; a chatty node cannot flood syslog
-RATE_WINDOW = 5.0  # seconds the rate is averaged over
 CLOSE_TIMEOUT = 2.0
 
 
@@ -75,10 +76,10 @@ class Context:
     """What every session needs from the daemon (rebuilt on SIGHUP; a running session keeps its own)."""
 
     settings: Settings
-    db: provision.CheckinWriter
-    hashes: provision.Memo
-    dirs: provision.Memo
-    streamer: "Streamer"  # streams image and kernel bytes for every session
+    db: CheckinWriter
+    hashes: Memo
+    dirs: Memo
+    streamer: Streamer  # streams image and kernel bytes for every session
     site_key: bytes | None = None
     auth_required: bool = False
     retry: int = 30
@@ -89,63 +90,6 @@ class Context:
     @property
     def store(self) -> VnfsStore:
         return VnfsStore(self.settings.paths.vnfs_dir)
-
-
-@dataclass
-class Progress:
-    """What the control socket shows of one session."""
-
-    sid: int
-    peer: str
-    started: float = field(default_factory=time.time)
-    nodeid: str = ""
-    name: str = ""
-    state: str = ""
-    phase: str = "hello"
-    bytes_sent: int = 0
-    bytes_total: int = 0
-    checkin_s: float | None = None  # HELLO read -> ASSIGN or WAIT written, seconds
-    _hello_at: float = field(default_factory=time.perf_counter, repr=False)
-    _samples: deque = field(default_factory=lambda: deque(maxlen=64), repr=False)
-
-    def hello(self) -> None:
-        """HELLO is read: the master's part of the check-in starts."""
-        self._hello_at = time.perf_counter()
-
-    def answered(self) -> None:
-        """ASSIGN or WAIT is written: the check-in's latency on the master's side is known."""
-        self.checkin_s = time.perf_counter() - self._hello_at
-
-    def account(self, count: int) -> None:
-        self.bytes_sent += count
-        now = time.monotonic()
-        if not self._samples or now - self._samples[-1][0] >= 0.1:
-            self._samples.append((now, self.bytes_sent))
-
-    def rate_bps(self, now: float | None = None) -> float:
-        """Bytes per second over the last few seconds (0 when idle)."""
-        now = time.monotonic() if now is None else now
-        recent = [(t, b) for t, b in self._samples if now - t <= RATE_WINDOW]
-        if not recent:
-            return 0.0
-        t0, b0 = recent[0]
-        if self.bytes_sent == b0 or now - t0 <= 0:
-            return 0.0
-        return (self.bytes_sent - b0) / max(now - t0, 0.2)
-
-    def as_dict(self) -> dict:
-        return {
-            "session": self.sid,
-            "nodeid": self.nodeid,
-            "name": self.name,
-            "state": self.state,
-            "phase": self.phase,
-            "peer": self.peer,
-            "bytes_sent": self.bytes_sent,
-            "bytes_total": self.bytes_total,
-            "rate_bps": round(self.rate_bps()),
-            "started": round(self.started, 3),
-        }
 
 
 class SessionTimeout(Exception):
@@ -160,189 +104,6 @@ class NodeError(Exception):
 
 class Aborted(Exception):
     """The session cannot go on and nothing can be said (in the middle of raw bytes)."""
-
-
-class _EndedEarly(Exception):
-    """The file being streamed ended before the bytes that were announced."""
-
-
-class StreamJob:
-    """One IMAGE_DATA's raw bytes, moved by the :class:`Streamer` thread.
-
-    ``sent`` grows as bytes go (read it from the event loop for progress); ``future``
-    resolves once the thread has let go of the job: None when every byte went (or the
-    job was cancelled), else the error. The job holds its own duplicates of the socket
-    and file descriptors, so a session that closes either meanwhile cannot make the
-    thread write to a reused descriptor.
-    """
-
-    __slots__ = ("out_fd", "in_fd", "offset", "left", "sent", "future", "loop")
-
-    def __init__(
-        self, out_fd: int, in_fd: int, offset: int, count: int, loop: asyncio.AbstractEventLoop
-    ) -> None:
-        self.out_fd, self.in_fd = out_fd, in_fd
-        self.offset, self.left, self.sent = offset, count, 0
-        self.loop = loop
-        self.future: asyncio.Future = loop.create_future()
-
-
-_STOP = object()
-
-
-def _settle(future: asyncio.Future, error: BaseException | None) -> None:
-    if not future.done():
-        future.set_result(error)
-
-
-class Streamer:
-    """The one thread that streams every session's image and kernel bytes.
-
-    ``loop.sendfile`` re-arms the socket in the event loop's selector after every partial
-    sendfile(2); with hundreds of nodes downloading at once that bookkeeping (hundreds of
-    thousands of epoll register/unregister pairs and callbacks) fills the event loop, and
-    every check-in waits behind it. Here a socket stays in this thread's own epoll
-    (level-triggered) from the first byte of an IMAGE_DATA to the last; each wake-up is one
-    sendfile in C with the GIL released (:func:`perceus.native.sysio.sendfile_all`), and the
-    session hears once, at the end.
-    """
-
-    def __init__(self) -> None:
-        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
-        self._epoll: select.epoll | None = None
-        self._wake = (-1, -1)
-        self._thread: threading.Thread | None = None
-        self._jobs: dict[int, StreamJob] = {}  # the thread's alone, by the job's socket fd
-
-    def start(self) -> None:
-        self._epoll = select.epoll()
-        self._wake = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._epoll.register(self._wake[0], select.EPOLLIN)
-        self._thread = threading.Thread(target=self._run, name="perceusd-stream", daemon=True)
-        self._thread.start()
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None
-
-    def stop(self) -> None:
-        """End the thread; jobs still running end as cancelled."""
-        if self._thread is None:
-            return
-        self._post(_STOP)
-        self._thread.join(10)
-        self._thread = None
-        for fd in self._wake:
-            os.close(fd)
-        assert self._epoll is not None
-        self._epoll.close()
-
-    def send(self, sock_fd: int, file_fd: int, offset: int, count: int) -> StreamJob:
-        """Start sending ``count`` bytes of ``file_fd`` from ``offset`` on ``sock_fd`` (non-blocking,
-        with nothing else queued on it); await ``job.future``."""
-        if self._thread is None:
-            raise RuntimeError("the streamer is not running")
-        out_fd = os.dup(sock_fd)
-        try:
-            in_fd = os.dup(file_fd)
-        except OSError:
-            os.close(out_fd)
-            raise
-        job = StreamJob(out_fd, in_fd, offset, count, asyncio.get_running_loop())
-        self._post(job)
-        return job
-
-    def cancel(self, job: StreamJob) -> None:
-        """Stop ``job`` (its future then resolves with None)."""
-        self._post(("cancel", job))
-
-    def _post(self, item: object) -> None:
-        self._inbox.put(item)
-        try:
-            os.write(self._wake[1], b"x")
-        except BlockingIOError:
-            pass  # the pipe is full: the thread is due to wake anyway
-
-    # -- the thread --
-
-    def _run(self) -> None:
-        epoll, wake = self._epoll, self._wake[0]
-        assert epoll is not None
-        while True:
-            for fd, _mask in epoll.poll():
-                if fd == wake:
-                    if not self._commands():
-                        return
-                    continue
-                job = self._jobs.get(fd)
-                if job is not None:
-                    self._pump(job)
-
-    def _commands(self) -> bool:
-        """Take the inbox; False once told to stop."""
-        try:
-            while os.read(self._wake[0], 4096):
-                pass
-        except BlockingIOError:
-            pass
-        while True:
-            try:
-                item = self._inbox.get_nowait()
-            except queue.Empty:
-                return True
-            if item is _STOP:
-                for job in list(self._jobs.values()):
-                    self._finish(job, None)
-                return False
-            if isinstance(item, StreamJob):
-                self._add(item)
-            else:
-                _, job = item
-                if self._jobs.get(job.out_fd) is job:
-                    self._finish(job, None)
-
-    def _add(self, job: StreamJob) -> None:
-        assert self._epoll is not None
-        self._jobs[job.out_fd] = job
-        try:
-            self._epoll.register(job.out_fd, select.EPOLLOUT)
-        except OSError as exc:
-            self._finish(job, exc)
-            return
-        self._pump(job)
-
-    def _pump(self, job: StreamJob) -> None:
-        if job.left:
-            try:
-                sent = sendfile_all(job.out_fd, job.in_fd, job.offset, job.left)
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                self._finish(job, exc)
-                return
-            if not sent:
-                self._finish(job, _EndedEarly())
-                return
-            job.offset += sent
-            job.left -= sent
-            job.sent += sent  # the event loop reads it: one int store, atomic under the GIL
-        if not job.left:
-            self._finish(job, None)
-
-    def _finish(self, job: StreamJob, error: BaseException | None) -> None:
-        assert self._epoll is not None
-        if self._jobs.get(job.out_fd) is job:
-            del self._jobs[job.out_fd]
-            try:
-                self._epoll.unregister(job.out_fd)
-            except (OSError, ValueError):
-                pass
-        os.close(job.out_fd)
-        os.close(job.in_fd)
-        try:
-            job.loop.call_soon_threadsafe(_settle, job.future, error)
-        except RuntimeError:
-            pass  # the event loop is closed: nobody waits
 
 
 def _peer_host(address: object) -> str:
@@ -375,7 +136,7 @@ class Session:
         self.peer_ip = _peer_host(writer.get_extra_info("peername"))
         self.master = _host_port(writer.get_extra_info("sockname"))
         self.destdir: Path | None = None
-        self.opened: provision.OpenVnfs | None = None
+        self.opened: OpenVnfs | None = None
         self.overlay = b""
         self.logs = 0
         self.outcome = "closed"
@@ -436,12 +197,12 @@ class Session:
         node = await ctx.db.checkin(hello.nodeid, hello.state, self.peer_ip)
         if node is not None:
             p.name = node.hostname  # the log line names a waiting node too
-        decision = provision.decide(node, hello.state, ctx.store)
-        if decision.action is provision.Action.REFUSE:
+        decision = decide(node, hello.state, ctx.store)
+        if decision.action is Action.REFUSE:
             self.outcome = f"refused: {decision.reason}"
             await self._send_error(protocol.Error(ErrorCode.REFUSED, decision.reason))
             return
-        if decision.action is provision.Action.WAIT:
+        if decision.action is Action.WAIT:
             self.outcome = f"wait {ctx.retry} s: {decision.reason}"
             await self._send(Wait(ctx.retry, decision.reason))
             p.answered()
@@ -457,7 +218,7 @@ class Session:
             timeout=ctx.script_timeout,
             max_bytes=protocol.MAX_SCRIPT,
             destdir=self._staging,
-            skip=provision.secret_filter(paths, ctx.site_key, conn.authenticated),
+            skip=secret_filter(paths, ctx.site_key, conn.authenticated),
             extra_env={"PERCEUS_SYSCONFDIR": str(paths.sysconfdir)},
         )
         follows = Follows.SCRIPT if assembly.parts else Follows.NOTHING
@@ -491,11 +252,11 @@ class Session:
             self.destdir = Path(tempfile.mkdtemp(prefix="perceusd."))
         return self.destdir
 
-    async def _offer(self, name: str, nodeid: str, group: str, decision: provision.Decision) -> None:
+    async def _offer(self, name: str, nodeid: str, group: str, decision: Decision) -> None:
         ctx = self.ctx
         assert decision.vnfs is not None
-        self.opened = opened = await provision.open_offer(decision.vnfs, ctx.hashes)
-        image_dirs = await provision.image_directories(opened, ctx.dirs)
+        self.opened = opened = await open_offer(decision.vnfs, ctx.hashes)
+        image_dirs = await image_directories(opened, ctx.dirs)
         conf = {
             "NODENAME": name,
             "NODEID": nodeid,
@@ -512,7 +273,7 @@ class Session:
             vnfs=decision.vnfs.name,
             image_size=opened.image_size,
             image_sha256=opened.image_sha256,
-            chunks=provision.chunk_entries(opened.chunks),
+            chunks=chunk_entries(opened.chunks),
             overlay_size=len(self.overlay),
             overlay_sha256=_sha256(self.overlay),
             kernel_size=opened.kernel_size,
