@@ -35,10 +35,10 @@ from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from perceus.common.atomicfile import atomic_write
 from perceus.server import control, netinfo, sitekey
 from perceus.server.config import Settings
 from perceus.server.errors import PerceusError
-from perceus.server.fsutil import atomic_write
 from perceus.server.paths import Paths
 from perceus.server.perceusd.checkins import CheckinWriter
 from perceus.server.perceusd.memo import Memo

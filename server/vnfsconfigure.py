@@ -23,8 +23,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from perceus.common.atomicfile import atomic_write
 from perceus.server.errors import InvalidRequest, PerceusError
-from perceus.server.fsutil import atomic_write
 
 MAX_FILE_BYTES = 1 << 20
 MAX_LINE = 1 << 16
