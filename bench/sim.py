@@ -15,20 +15,20 @@ import argparse
 import asyncio
 import json
 import logging
-import math
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
+from perceus.common.stats import percentile
 from perceus.native.nodeset import fold
 from perceus.stage1.cmdline import parse_masters
 from perceus.stage1.protocol import check_site_key
 from perceus.stage1.retry import RetryPolicy
 from perceus.stage1.simulate import NodeResult, SimOptions, simulate_nodes
 
-__all__ = ["fold_names", "main", "percentile", "run_simulation", "summarize"]
+__all__ = ["fold_names", "main", "run_simulation", "summarize"]
 
 PROG = "perceus-sim"
 MAX_FAILURES_SHOWN = 5
@@ -37,15 +37,6 @@ MAX_FAILURES_SHOWN = 5
 def fold_names(names: list[str]) -> str:
     """``n0000 n0001 n0003`` -> ``n[0000-0001,0003]``, as ``perceus node`` folds them."""
     return fold(names) if names else ""
-
-
-def percentile(values: list[float], p: float) -> float:
-    """The p-th percentile (nearest rank) of values; 0 for none."""
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    rank = max(1, math.ceil(p / 100 * len(ordered)))
-    return ordered[rank - 1]
 
 
 def summarize(results: list[NodeResult], wall: float) -> dict:

@@ -14,6 +14,8 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
 
+from perceus.buildroot.errors import BuildError
+
 __all__ = ["ElfDepsError", "elf_info", "needed_closure"]
 
 SEARCH_DIRS = (
@@ -26,7 +28,7 @@ SEARCH_DIRS = (
 )
 
 
-class ElfDepsError(ValueError):
+class ElfDepsError(BuildError):
     """A file is not a usable ELF object, or a library it needs is nowhere to be found."""
 
 
@@ -52,7 +54,7 @@ def elf_info(path: Path) -> tuple[str | None, list[str], list[str]]:
                     elif tag.entry.d_tag == "DT_RPATH":
                         runpaths.extend(tag.rpath.split(":"))
     except (OSError, ELFError) as exc:
-        raise ElfDepsError(f"{path}: not a readable ELF file ({exc})") from None
+        raise ElfDepsError(f"not a readable ELF file ({exc})", path) from None
     origin = str(path.parent)
     runpaths = [p.replace("$ORIGIN", origin).replace("${ORIGIN}", origin) for p in runpaths if p]
     return interp, needed, runpaths

@@ -18,6 +18,8 @@ from pathlib import Path
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
+from perceus.buildroot.errors import BuildError
+
 __all__ = ["DEFAULT_DRIVERS", "KernelModules", "ModuleInfo", "ModulesError", "modname"]
 
 # Network and storage drivers worth carrying on a cluster node. Globs are matched against
@@ -37,7 +39,7 @@ DEFAULT_DRIVERS = (
 MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
 
 
-class ModulesError(ValueError):
+class ModulesError(BuildError):
     """The kernel tree is missing, or a module file cannot be read."""
 
 
@@ -82,7 +84,7 @@ def read_modinfo(path: Path, relpath: str) -> ModuleInfo:
         section = elf.get_section_by_name(".modinfo")
         raw = section.data() if section is not None else b""
     except (OSError, ELFError, lzma.LZMAError, EOFError) as exc:
-        raise ModulesError(f"{path}: not a readable kernel module ({exc})") from None
+        raise ModulesError(f"not a readable kernel module ({exc})", path) from None
     depends: list[str] = []
     softdeps: list[str] = []
     aliases: list[str] = []
@@ -116,7 +118,7 @@ class KernelModules:
         if not self._paths:
             kernel = self.moddir / "kernel"
             if not kernel.is_dir():
-                raise ModulesError(f"no kernel modules for {self.version} in {self.moddir}")
+                raise ModulesError(f"no kernel modules for {self.version}", self.moddir)
             for dirpath, _dirs, files in os.walk(kernel):
                 for name in files:
                     if name.endswith(MODULE_SUFFIXES):

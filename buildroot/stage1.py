@@ -20,10 +20,10 @@ from pathlib import Path
 
 from perceus.buildroot.elfdeps import needed_closure
 from perceus.buildroot.errors import BuildError
-from perceus.buildroot.files import beside
 from perceus.buildroot.kmods import DEFAULT_DRIVERS, KernelModules, modules_alias, modules_dep
 from perceus.buildroot.pyfreeze import freeze
 from perceus.buildroot.tree import InitramfsTree
+from perceus.common.atomicfile import beside
 
 __all__ = ["BUDGET", "BuildError", "BuildOptions", "BuildResult", "build_stage1", "kernel_versions"]
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from perceus.buildroot.errors import BuildError
-from perceus.buildroot.files import beside
 from perceus.buildroot.tools import run_tool
+from perceus.common.atomicfile import beside
 
 __all__ = [
     "DEFAULT_STUB",

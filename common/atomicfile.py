@@ -4,6 +4,8 @@ Write beside the target, set the final mode before any data, fsync, rename over 
 target, fsync the directory. Everything the project writes goes through here.
 """
 
+import ctypes
+import errno
 import os
 import shutil
 import tempfile
@@ -12,7 +14,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["atomic_copy", "atomic_write", "beside", "fsync_dir", "replacing"]
+__all__ = ["atomic_copy", "atomic_write", "beside", "exchange", "fsync_dir", "replace_tree", "replacing"]
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
 
 
 def fsync_dir(path: os.PathLike | str) -> None:
@@ -91,3 +96,56 @@ def beside(target: os.PathLike | str, mode: int = 0o644) -> Iterator[Path]:
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(target.parent)
+
+
+def exchange(a: os.PathLike | str, b: os.PathLike | str) -> bool:
+    """Swap two paths in one step (renameat2 RENAME_EXCHANGE); False where the kernel or filesystem cannot."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def replace_tree(new: os.PathLike | str, target: os.PathLike | str) -> None:
+    """Put the finished directory ``new`` at ``target`` durably, replacing whatever is there.
+
+    Nothing there: one rename. Otherwise one rename exchange, so a reader sees the old tree
+    or the new; where the kernel cannot exchange, the old tree is renamed aside first (for
+    a moment there is none). The old tree is removed once the new one is in place.
+    """
+    new, target = Path(new), Path(target)
+    old: Path | None = None
+    if not os.path.lexists(target):
+        os.rename(new, target)
+    elif exchange(new, target):
+        old = new  # now holds the old tree
+    else:
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+        try:
+            os.rename(target, old / "tree")
+        except BaseException:
+            old.rmdir()
+            raise
+        try:
+            os.rename(new, target)
+        except BaseException:
+            os.rename(old / "tree", target)
+            old.rmdir()
+            raise
+    fsync_dir(target.parent)
+    if old is not None:
+        _remove(old)

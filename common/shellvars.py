@@ -20,6 +20,7 @@ __all__ = ["Line", "ShellVarsError", "check_value", "dump", "parse", "parse_line
 
 MAX_TEXT = 1 << 20
 MAX_LINE = 1 << 16
+MAX_KEY = 256
 
 KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _ASSIGNMENT = re.compile(r"(?:export[ \t]+)?([A-Za-z_][A-Za-z0-9_]*)([ \t]*=[ \t]*)")
@@ -34,13 +35,17 @@ class ShellVarsError(ReasonError):
 
 @dataclass
 class Line:
-    """One line: an assignment (key, value, spacing around ``=``, trailing comment) or kept text."""
+    """One line: an assignment (key, value, spacing around ``=``, trailing comment) or kept text.
+
+    ``prefix`` is what stands before the key: indentation and any ``export``.
+    """
 
     text: str
     key: str | None = None
     value: str = ""
     comment: str = ""
     equals: str = "="
+    prefix: str = ""
 
 
 def _scan_value(line: str, start: int, where: str) -> tuple[str, int]:
@@ -87,12 +92,20 @@ def _scan_value(line: str, start: int, where: str) -> tuple[str, int]:
     return "".join(out), i
 
 
+def _lines(text: str) -> list[str]:
+    """Lines as the shell sees them: ended by newline only (a CR before it is dropped)."""
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
 def parse_lines(text: str, source: str = "") -> list[Line]:
     """Every line, assignments decoded; a line that is neither blank, comment nor assignment is an error."""
     if len(text) > MAX_TEXT:
         raise ShellVarsError(f"larger than {MAX_TEXT} bytes", source)
     lines: list[Line] = []
-    for number, raw in enumerate(text.splitlines(), start=1):
+    for number, raw in enumerate(_lines(text), start=1):
         where = f"{source}:{number}" if source else f"line {number}"
         if len(raw) > MAX_LINE:
             raise ShellVarsError(f"line longer than {MAX_LINE} characters", where)
@@ -109,7 +122,8 @@ def parse_lines(text: str, source: str = "") -> list[Line]:
         rest = stripped[end:]
         if rest.strip() and not rest.lstrip().startswith("#"):
             raise ShellVarsError(f"unexpected text after the value: {rest.strip()[:40]!r}", where)
-        lines.append(Line(raw, match.group(1), value, rest if rest.strip() else "", match.group(2)))
+        prefix = raw[: len(raw) - len(raw.lstrip())] + stripped[: match.start(1)]
+        lines.append(Line(raw, match.group(1), value, rest if rest.strip() else "", match.group(2), prefix))
     return lines
 
 
@@ -120,10 +134,12 @@ def parse(text: str, source: str = "") -> dict[str, str]:
 
 def check_value(key: str, value: str, source: str = "") -> None:
     """Refuse what cannot be written as one ``KEY="value"`` line."""
-    if not KEY_RE.fullmatch(key):
-        raise ShellVarsError(f"not a shell variable name: {key!r}", source)
-    if any(ch in _UNWRITABLE for ch in value) or len(value) > MAX_LINE // 2:
-        raise ShellVarsError(f"{key}: value must be one line of text", source)
+    if not KEY_RE.fullmatch(key) or len(key) > MAX_KEY:
+        raise ShellVarsError(f"not a shell variable name: {key[:60]!r}", source)
+    if any(ch in _UNWRITABLE for ch in value):
+        raise ShellVarsError(f"{key}: a value cannot hold a newline, CR or NUL", source)
+    if len(value) > MAX_LINE // 2:
+        raise ShellVarsError(f"{key}: a value is at most {MAX_LINE // 2} characters", source)
 
 
 def quote(value: str) -> str:
@@ -153,8 +169,7 @@ def update(text: str, values: Mapping[str, str], source: str = "") -> str:
     out: list[str] = []
     for line in lines:
         if line.key in values:
-            prefix = line.text[: line.text.index(line.key)]  # indentation and any ``export``
-            out.append(f"{prefix}{line.key}{line.equals}{quote(values[line.key])}{line.comment}")
+            out.append(f"{line.prefix}{line.key}{line.equals}{quote(values[line.key])}{line.comment}")
         else:
             out.append(line.text)
     seen = {line.key for line in lines if line.key}

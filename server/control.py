@@ -15,6 +15,7 @@ Nothing a client does reaches the rest of the daemon.
 """
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -100,6 +101,8 @@ class ControlServer:
             self._server = await asyncio.start_unix_server(self._client, sock=sock)
         except OSError as exc:
             sock.close()
+            with contextlib.suppress(OSError):
+                tmp.unlink()
             raise PerceusError(f"cannot create the control socket: {exc.strerror}", str(self.path)) from exc
 
     async def stop(self) -> None:

@@ -22,7 +22,6 @@ import contextlib
 import errno
 import logging
 import logging.handlers
-import math
 import os
 import queue
 import resource
@@ -31,14 +30,15 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from perceus.common.daemonize import Pidfile, daemonize
+from perceus.common.stats import percentile
 from perceus.server import control, netinfo, sitekey
 from perceus.server.config import Settings
 from perceus.server.errors import PerceusError
-from perceus.server.fsutil import atomic_write
 from perceus.server.paths import Paths
 from perceus.server.perceusd.checkins import CheckinWriter
 from perceus.server.perceusd.memo import Memo
@@ -291,20 +291,12 @@ class Server:
                 "bytes_sent_total": self.totals["bytes_sent"] + sum(s["bytes_sent"] for s in sessions),
                 "rate_bps": sum(s["rate_bps"] for s in sessions),
                 "nodes_added": self.db.added,
-                "checkin_p50_ms": _percentile_ms(self.checkins, 50),
-                "checkin_p99_ms": _percentile_ms(self.checkins, 99),
+                "checkin_p50_ms": round(percentile(self.checkins, 50) * 1000, 2),
+                "checkin_p99_ms": round(percentile(self.checkins, 99) * 1000, 2),
                 "time": round(time.time(), 3),
             },
             "sessions": sorted(sessions, key=lambda s: s["session"]),
         }
-
-
-def _percentile_ms(samples: Collection[float], p: float) -> float:
-    """The p-th percentile (nearest rank) of ``samples`` seconds, in ms; 0 for none."""
-    if not samples:
-        return 0.0
-    ordered = sorted(samples)
-    return round(ordered[max(1, math.ceil(p / 100 * len(ordered))) - 1] * 1000, 2)
 
 
 @contextlib.asynccontextmanager
@@ -321,55 +313,18 @@ async def serve(settings: Settings, options: Options | None = None, **overrides)
 # --------------------------------------------------------------------------- the process
 
 
-class _Pidfile:
-    """``perceusd.pid``: written atomically; refused while a live perceusd holds it."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def check(self) -> None:
-        pid = self._holder()
-        if pid is not None and pid != os.getpid():
-            raise PerceusError(f"perceusd is already running as process {pid}", str(self.path))
-
-    def _holder(self) -> int | None:
-        try:
-            pid = int(self.path.read_text().strip())
-        except (OSError, ValueError):
-            return None
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                cmdline = handle.read()
-        except OSError:
-            return None
-        return pid if b"perceusd" in cmdline else None
-
-    def write(self) -> None:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-            atomic_write(self.path, f"{os.getpid()}\n", mode=0o644)
-        except OSError as exc:
-            raise PerceusError(f"cannot write the pidfile: {exc.strerror}", str(self.path)) from exc
-
-    def remove(self) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            if int(self.path.read_text().strip()) == os.getpid():
-                self.path.unlink()
+def _check_pidfile(pidfile: Pidfile) -> None:
+    """Refuse to start while a live perceusd holds the pidfile."""
+    pid = pidfile.holder()
+    if pid is not None and pid != os.getpid():
+        raise PerceusError(f"perceusd is already running as process {pid}", str(pidfile.path))
 
 
-def _daemonise() -> None:
-    """Double fork and setsid: no controlling terminal, not a session leader, stdio on /dev/null."""
-    if os.fork():
-        os._exit(0)
-    os.setsid()
-    if os.fork():
-        os._exit(0)
-    os.chdir("/")
-    null = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(null, fd)
-    if null > 2:
-        os.close(null)
+def _write_pidfile(pidfile: Pidfile) -> None:
+    try:
+        pidfile.write()
+    except OSError as exc:
+        raise PerceusError(f"cannot write the pidfile: {exc.strerror}", str(pidfile.path)) from exc
 
 
 class _LogPump(logging.handlers.QueueHandler):
@@ -480,23 +435,23 @@ def main(argv: list[str] | None = None) -> None:
     _setup_logging(True)
     paths = Paths.from_environment()
     rundir = control.rundir()
-    pidfile = _Pidfile(args.pidfile or rundir / control.PIDFILE_NAME)
+    pidfile = Pidfile(args.pidfile or rundir / control.PIDFILE_NAME, "perceusd")
     options = Options(port=args.port, bind=args.bind, rundir=rundir)
     try:
         settings = load_settings(paths)
         server = Server(settings, options)
         server.ctx = server._context(settings)  # site key and auth errors before anything starts
-        pidfile.check()
+        _check_pidfile(pidfile)
         sock = bind_socket(*listen_address(settings, options))
     except PerceusError as exc:
         print(f"perceusd: error: {exc}", file=sys.stderr)
         sys.exit(1)
     if not args.foreground:
         _stop_logging()  # write what is queued: the log thread does not survive the fork
-        _daemonise()
+        daemonize()
         _setup_logging(False)
     try:
-        pidfile.write()
+        _write_pidfile(pidfile)
         try:
             asyncio.run(_run(server, sock))
         finally:

@@ -25,7 +25,6 @@ Hybridizing the state directory (or anything holding it) is refused: the symlink
 would point into a mount that hides them. So is ``/etc/fstab``, which carries the mount.
 """
 
-import ctypes
 import errno
 import fnmatch
 import os
@@ -36,10 +35,10 @@ import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from perceus.common.atomicfile import replace_tree
 from perceus.imagefmt.tree import resolve_in_root
 from perceus.server import listfile
 from perceus.server.errors import PerceusError
-from perceus.server.fsutil import fsync_dir
 from perceus.server.paths import DEFAULT_STATEDIR
 
 NFS_OPTIONS = "ro,nolock,soft"
@@ -351,32 +350,6 @@ class _Copier:
         return absolute
 
 
-_RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two paths in one step (renameat2 RENAME_EXCHANGE); False where unsupported."""
-    try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except AttributeError:
-        return False
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-        return False
-    raise OSError(code, os.strerror(code), str(b))
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    else:
-        path.unlink(missing_ok=True)
-
-
 def stage(root: Path, symlink_over: Mapping[str, str], dest_hybrid_dir: Path) -> None:
     """Replace ``dest_hybrid_dir`` with copies of the hybridized subtrees of the working tree.
 
@@ -410,17 +383,8 @@ def stage(root: Path, symlink_over: Mapping[str, str], dest_hybrid_dir: Path) ->
             for depth in range(len(parts) - 1, 0, -1):
                 ancestor = "/".join(parts[:depth])
                 copier.metadata(building / ancestor, os.lstat(root / ancestor))
-        if _lstat(dest) is None:
-            os.rename(building, dest)
-        elif _exchange(building, dest):
-            _remove(building)  # now holds the old content
-        else:
-            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-            os.rename(dest, old)
-            os.rename(building, dest)
-            _remove(old)
+        replace_tree(building, dest)
     except BaseException:
         if building.exists():
             shutil.rmtree(building, ignore_errors=True)
         raise
-    fsync_dir(dest.parent)

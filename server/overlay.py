@@ -20,6 +20,8 @@ import stat
 from collections.abc import Collection, Mapping
 from pathlib import Path
 
+from perceus.common import shellvars
+from perceus.common.shellvars import ShellVarsError
 from perceus.imagefmt import image
 from perceus.server.errors import PerceusError
 
@@ -40,21 +42,13 @@ NODE_CONF_KEYS = (
 Entries = dict[str, tuple[bytes, int]]
 
 
-def _quote(value: str) -> str:
-    """A shell double-quoted string: only ``"`` ``\\`` ``$`` and backquote need escaping."""
-    escaped = "".join("\\" + ch if ch in '"\\$`' else ch for ch in value)
-    return f'"{escaped}"'
-
-
 def node_conf(values: Mapping[str, str]) -> bytes:
     """``/etc/perceus/node.conf``: ``KEY="value"`` lines, sourceable by sh, read by provisiond."""
-    lines = ["# Written by perceusd for this node; provisiond and syncnodes read it."]
-    for key in NODE_CONF_KEYS:
-        value = str(values.get(key, ""))
-        if "\n" in value or "\0" in value:
-            raise PerceusError(f"node.conf: {key} holds a newline or NUL", key)
-        lines.append(f"{key}={_quote(value)}")
-    return ("\n".join(lines) + "\n").encode()
+    try:
+        body = shellvars.dump({key: str(values.get(key, "")) for key in NODE_CONF_KEYS})
+    except ShellVarsError as exc:
+        raise PerceusError(exc.reason, "node.conf") from None
+    return ("# Written by perceusd for this node; provisiond and syncnodes read it.\n" + body).encode()
 
 
 def ssh_host_keys(ssh_dir: Path) -> Entries:

@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from perceus import capsule
+from perceus.common.atomicfile import atomic_write
 from perceus.imagefmt import image
 from perceus.server import hybridize
 from perceus.server.errors import InvalidRequest, PerceusError
-from perceus.server.fsutil import atomic_write
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 MANIFEST = "manifest.json"

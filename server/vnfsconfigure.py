@@ -20,21 +20,17 @@ import stat
 import subprocess
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
+from perceus.common import shellvars
+from perceus.common.atomicfile import atomic_write
+from perceus.common.shellvars import ShellVarsError
 from perceus.server.errors import InvalidRequest, PerceusError
-from perceus.server.fsutil import atomic_write
 
 MAX_FILE_BYTES = 1 << 20
-MAX_LINE = 1 << 16
 MAX_PASSWORD = 1024
 SERIAL_DEFAULT_SPEED = "115200"  # what the original configure added to a bare ttyS console
 
-_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_ASSIGNMENT = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)([ \t]*=[ \t]*)")
-_BARE_FORBIDDEN = frozenset(";&|<>()`$")
-_DQ_ESCAPES = frozenset('$`"\\')
 _CONSOLE = re.compile(r"[A-Za-z][A-Za-z0-9_./-]{0,31}(,[A-Za-z0-9]{1,16})?")
 _HASH = re.compile(r"\$[0-9a-z]{1,4}\$[./0-9A-Za-z$=,+-]{1,512}")
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -65,109 +61,16 @@ def _read_text(path: Path, what: str) -> tuple[str, os.stat_result]:
         raise PerceusError(f"{what} is not UTF-8 text", str(path)) from exc
 
 
-# --- the VNFS config file: KEY="value" lines, comments kept ---
-
-
-@dataclass
-class _Line:
-    """One line of a config file: an assignment (key, value, trailing comment) or kept text."""
-
-    text: str
-    key: str | None = None
-    value: str = ""
-    comment: str = ""
-    equals: str = "="
-
-
-def _scan_value(line: str, start: int, where: str) -> tuple[str, int]:
-    """The value of ``KEY=...`` from ``start`` up to unquoted whitespace, as the shell reads it.
-
-    Double-quoted, single-quoted and bare pieces may follow each other; backslash escapes
-    work as in the shell. Expansions (``$``, backquote) are refused: this file is data.
-    """
-    out: list[str] = []
-    i = start
-    while i < len(line) and not line[i].isspace():
-        ch = line[i]
-        if ch == "'":
-            end = line.find("'", i + 1)
-            if end < 0:
-                raise PerceusError("unterminated single quote", where)
-            out.append(line[i + 1 : end])
-            i = end + 1
-        elif ch == '"':
-            i += 1
-            while True:
-                if i >= len(line):
-                    raise PerceusError("unterminated double quote", where)
-                ch = line[i]
-                if ch == '"':
-                    i += 1
-                    break
-                if ch == "\\" and i + 1 < len(line) and line[i + 1] in _DQ_ESCAPES:
-                    out.append(line[i + 1])
-                    i += 2
-                    continue
-                if ch in "$`":
-                    raise PerceusError(f"shell expansion ({ch}) is not supported in values", where)
-                out.append(ch)
-                i += 1
-        elif ch == "\\":
-            if i + 1 >= len(line):
-                raise PerceusError("line continuation is not supported", where)
-            out.append(line[i + 1])
-            i += 2
-        elif ch in _BARE_FORBIDDEN:
-            raise PerceusError(f"unquoted {ch!r} in value (quote the value)", where)
-        elif ch == "~" and i == start:
-            raise PerceusError("unquoted '~' would be expanded by the shell (quote the value)", where)
-        else:
-            out.append(ch)
-            i += 1
-    return "".join(out), i
-
-
-def _parse(text: str, source: str) -> list[_Line]:
-    """Every line of a config file, assignments decoded; a line that is neither is an error."""
-    if len(text) > MAX_FILE_BYTES:
-        raise PerceusError(f"config file is larger than {MAX_FILE_BYTES} bytes", source)
-    lines: list[_Line] = []
-    for number, raw in enumerate(text.splitlines(), start=1):
-        where = f"{source}:{number}"
-        if len(raw) > MAX_LINE:
-            raise PerceusError(f"line longer than {MAX_LINE} characters", where)
-        if "\0" in raw:
-            raise PerceusError("NUL byte in line", where)
-        stripped = raw.strip()
-        if not stripped or stripped.startswith("#"):
-            lines.append(_Line(raw))
-            continue
-        match = _ASSIGNMENT.match(stripped)
-        if match is None:
-            raise PerceusError(f'malformed line, expected KEY="value": {stripped[:60]!r}', where)
-        value, end = _scan_value(stripped, match.end(), where)
-        rest = stripped[end:]
-        if rest.strip() and not rest.lstrip().startswith("#"):
-            raise PerceusError(f"unexpected text after the value: {rest.strip()[:40]!r}", where)
-        lines.append(_Line(raw, match.group(1), value, rest if rest.strip() else "", match.group(2)))
-    return lines
-
-
-def _quote(value: str) -> str:
-    return '"' + "".join("\\" + ch if ch in _DQ_ESCAPES else ch for ch in value) + '"'
-
-
-def _check_assignment(key: str, value: str, where: str) -> None:
-    if not _KEY.fullmatch(key):
-        raise InvalidRequest(f"not a config key: {key!r}", where)
-    if any(ch in value for ch in "\n\r\0") or len(value) > MAX_LINE // 2:
-        raise InvalidRequest(f"{key}: value must be one line of text", where)
+# --- the VNFS config file: KEY="value" lines, comments kept (common.shellvars) ---
 
 
 def read_config(path: Path) -> dict[str, str]:
     """The VNFS config file's keys and values (the last assignment of a key wins)."""
     text, _ = _read_text(Path(path), "VNFS config")
-    return {line.key: line.value for line in _parse(text, str(path)) if line.key}
+    try:
+        return shellvars.parse(text, str(path))
+    except ShellVarsError as exc:
+        raise PerceusError(exc.reason, exc.path) from None
 
 
 def write_config(path: Path, values: Mapping[str, str]) -> None:
@@ -175,30 +78,26 @@ def write_config(path: Path, values: Mapping[str, str]) -> None:
 
     Each assignment of a given key gets the new value, double-quoted (its spacing around
     ``=`` and a trailing comment kept); keys not in the file yet are appended in the
-    file's style. A missing file is created (0644).
+    file's style. A missing file is created (0644). A key or value that cannot be
+    written is the caller's mistake; a malformed file is refused, not rewritten.
     """
     path = Path(path)
     for key, value in values.items():
-        _check_assignment(key, value, str(path))
+        try:
+            shellvars.check_value(key, value, str(path))
+        except ShellVarsError as exc:
+            raise InvalidRequest(exc.reason, exc.path) from None
     try:
         text, info = _read_text(path, "VNFS config")
     except PerceusError:
         if os.path.lexists(path):
             raise
         text, info = "", None
-    lines = _parse(text, str(path))
-    seen: set[str] = set()
-    out: list[str] = []
-    for line in lines:
-        if line.key in values:
-            indent = line.text[: len(line.text) - len(line.text.lstrip())]
-            out.append(f"{indent}{line.key}{line.equals}{_quote(values[line.key])}{line.comment}")
-            seen.add(line.key)
-        else:
-            out.append(line.text)
-    equals = next((line.equals for line in reversed(lines) if line.key), "=")  # the file's own style
-    out += [f"{key}{equals}{_quote(value)}" for key, value in values.items() if key not in seen]
-    atomic_write(path, "\n".join(out) + "\n", like=info)
+    try:
+        updated = shellvars.update(text, values, str(path))
+    except ShellVarsError as exc:
+        raise PerceusError(exc.reason, exc.path) from None
+    atomic_write(path, updated, like=info)
 
 
 def set_console(config_path: Path, console: str) -> str:

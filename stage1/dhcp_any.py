@@ -34,6 +34,7 @@ from pathlib import Path
 
 import construct as cs
 
+from perceus.common.jitter import jittered
 from perceus.stage1.netup import Lease
 
 __all__ = [
@@ -76,6 +77,7 @@ PARAMS = bytes((OPT_MASK, OPT_ROUTER, 6, 15, OPT_BROADCAST, 51, OPT_SERVER_ID))
 
 RECV_BUFFER = 9000  # larger datagrams are truncated by the kernel and dropped here
 FIRST_WAIT, MAX_WAIT = 1.0, 8.0  # seconds before a retransmission: doubling, capped
+RETRANSMIT_JITTER = 0.1  # +- this fraction, so many nodes booting together do not retransmit in step
 DISCOVER_TRIES, REQUEST_TRIES = 8, 4
 RESTART_PAUSE = 1.0  # after a NAK, before a new DISCOVER
 
@@ -405,11 +407,6 @@ class _Transport:
                 loop.remove_reader(fd)
 
 
-def _jittered(seconds: float) -> float:
-    """±10 %, so many nodes booting together do not retransmit in step (no random module)."""
-    return seconds * (0.9 + 0.2 * os.urandom(1)[0] / 255)
-
-
 async def _transact(
     transport: _Transport,
     build: Callable[[int], bytes],
@@ -434,7 +431,8 @@ async def _transact(
             transport.send(build(int(now - start)))
         except OSError as exc:
             log.info("%s: cannot send a DHCP request: %s", transport.link.name, exc)
-        reply = await transport.receive(xid, accept, server, min(deadline, now + _jittered(wait)))
+        until = min(deadline, now + jittered(wait, RETRANSMIT_JITTER))
+        reply = await transport.receive(xid, accept, server, until)
         if reply is not None:
             return reply
         wait = min(wait * 2, MAX_WAIT)

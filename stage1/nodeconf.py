@@ -1,11 +1,14 @@
 """``/etc/perceus/node.conf``: who this node is and whom provisiond calls, as perceusd wrote it.
 
-The file is sourceable shell (``KEY="value"`` lines); this reads that subset without a shell.
+The file is sourceable shell (``KEY="value"`` lines), read without a shell by
+:mod:`perceus.common.shellvars`, the parser and writer every such file shares.
 """
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from perceus.common import shellvars
+from perceus.common.shellvars import ShellVarsError
 from perceus.stage1.cmdline import Master, parse_masters
 
 __all__ = ["DEFAULT_INTERVAL", "NodeConf", "parse_node_conf", "read_node_conf"]
@@ -26,50 +29,12 @@ class NodeConf:
     values: dict[str, str] = field(default_factory=dict)
 
 
-def _unquote(raw: str, lineno: int) -> str:
-    """One shell word: ``"..."`` (backslash escapes ``"\\$```), ``'...'``, or bare."""
-    if raw.startswith('"'):
-        out: list[str] = []
-        i = 1
-        while i < len(raw):
-            ch = raw[i]
-            if ch == "\\" and i + 1 < len(raw):
-                nxt = raw[i + 1]
-                out.append(nxt if nxt in '"\\$`' else "\\" + nxt)
-                i += 2
-                continue
-            if ch == '"':
-                if raw[i + 1 :].strip():
-                    raise ValueError(f"line {lineno}: text after the closing quote")
-                return "".join(out)
-            out.append(ch)
-            i += 1
-        raise ValueError(f"line {lineno}: unclosed double quote")
-    if raw.startswith("'"):
-        end = raw.find("'", 1)
-        if end < 0:
-            raise ValueError(f"line {lineno}: unclosed single quote")
-        if raw[end + 1 :].strip():
-            raise ValueError(f"line {lineno}: text after the closing quote")
-        return raw[1:end]
-    if any(c.isspace() for c in raw.strip()):
-        raise ValueError(f"line {lineno}: unquoted value with spaces")
-    return raw.strip()
-
-
 def parse_node_conf(text: str) -> NodeConf:
     """Parse node.conf text; ValueError (naming the line) for anything that is not KEY=value."""
-    values: dict[str, str] = {}
-    for lineno, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("export "):
-            line = line[len("export ") :].lstrip()
-        key, sep, raw = line.partition("=")
-        if not sep or not key.replace("_", "a").isalnum() or key[0].isdigit():
-            raise ValueError(f'line {lineno}: expected KEY="value"')
-        values[key] = _unquote(raw, lineno)
+    try:
+        values = shellvars.parse(text)
+    except ShellVarsError as exc:
+        raise ValueError(f"{exc.path}: {exc.reason}" if exc.path else exc.reason) from None
     interval_text = values.get("PROVISIOND_INTERVAL", "").strip()
     interval = DEFAULT_INTERVAL
     if interval_text:

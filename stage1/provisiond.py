@@ -18,6 +18,8 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from perceus.common.daemonize import Pidfile, daemonize
+from perceus.common.jitter import jittered
 from perceus.stage1.cmdline import Master
 from perceus.stage1.facts import Facts, gather_facts
 from perceus.stage1.nodeconf import NodeConf
@@ -28,6 +30,8 @@ from perceus.stage1.session import CheckIn
 __all__ = ["ProvisiondOptions", "run_provisiond"]
 
 log = logging.getLogger("perceus.stage1")
+
+INTERVAL_JITTER = 0.1  # +- this fraction of the interval, so a cluster's check-ins spread out
 
 
 @dataclass(frozen=True)
@@ -92,24 +96,6 @@ async def _check_in(state: str, opts: ProvisiondOptions, nodeid: str | None) -> 
     return outcome.request
 
 
-def _write_pidfile(path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(f"{os.getpid()}\n")
-    os.replace(tmp, path)
-
-
-def _daemonize() -> None:
-    if os.fork():
-        os._exit(0)
-    os.setsid()
-    if os.fork():
-        os._exit(0)
-    fd = os.open(os.devnull, os.O_RDWR)
-    for n in (0, 1, 2):
-        os.dup2(fd, n)
-    os.chdir("/")
-
-
 def run_provisiond(opts: ProvisiondOptions) -> int:
     """--once STATE: one check-in, exit 0/1. Otherwise the loop, which only a signal ends."""
     nodeid = opts.conf.nodeid or None
@@ -122,15 +108,16 @@ def run_provisiond(opts: ProvisiondOptions) -> int:
         _act(request, opts)
         return 0
     if not opts.foreground:
-        _daemonize()
-    if opts.pidfile is not None:
-        _write_pidfile(opts.pidfile)
+        daemonize()
+    pidfile = Pidfile(opts.pidfile, "provisiond") if opts.pidfile is not None else None
+    if pidfile is not None:
+        pidfile.write()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         asyncio.run(_loop(opts, nodeid))
     finally:
-        if opts.pidfile is not None:
-            opts.pidfile.unlink(missing_ok=True)
+        if pidfile is not None:
+            pidfile.remove()
     return 0
 
 
@@ -144,4 +131,4 @@ async def _loop(opts: ProvisiondOptions, nodeid: str | None) -> None:
             log.error("%s; trying again in %d s", exc, opts.interval)
         except (OSError, LookupError) as exc:
             log.error("check-in failed: %s", exc)
-        await asyncio.sleep(opts.interval * rng.uniform(0.9, 1.1))
+        await asyncio.sleep(jittered(opts.interval, INTERVAL_JITTER, rng))

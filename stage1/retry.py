@@ -12,6 +12,7 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
+from perceus.common.jitter import jittered
 from perceus.stage1.cmdline import Master
 from perceus.stage1.session import CheckIn, Outcome, SessionFailed, check_in
 
@@ -30,16 +31,10 @@ class RetryPolicy:
 
     def round_delay(self, failed_rounds: int, rng: random.Random) -> float:
         base = min(self.backoff * 2 ** max(0, failed_rounds - 1), self.backoff_max)
-        return _jittered(base, self.jitter, rng)
+        return jittered(base, self.jitter, rng)
 
     def wait_delay(self, seconds: float, rng: random.Random) -> float:
-        return _jittered(min(float(seconds), self.wait_max), self.jitter, rng)
-
-
-def _jittered(seconds: float, jitter: float, rng: random.Random) -> float:
-    if seconds <= 0:
-        return 0.0
-    return max(0.0, seconds * (1 + rng.uniform(-jitter, jitter)))
+        return jittered(min(float(seconds), self.wait_max), self.jitter, rng)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from perceus.common.atomicfile import atomic_write
 from perceus.stage1.cmdline import Master
 from perceus.stage1.facts import Facts, simulated_facts
 from perceus.stage1.fetch import DiscardSink, Download, FileSink, Sink, hash_executor
@@ -166,9 +167,7 @@ def _write_boot_record(node_dir: Path, facts: Facts, outcome: Outcome) -> None:
         "image_size": offer.image_size if offer else 0,
         "booted": int(time.time()),
     }
-    tmp = node_dir / "boot.json.tmp"
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, node_dir / "boot.json")
+    atomic_write(node_dir / "boot.json", json.dumps(record, indent=2) + "\n")
 
 
 class _Node:
@@ -208,7 +207,7 @@ class _Node:
             overlay = self.dir / _FILES[ObjectKind.OVERLAY]
             written = await asyncio.to_thread(unpack_overlay, overlay, self.root, since_ns)
             log.debug("%s: unpacked %d overlay entries into %s", self.facts.nodeid, written, self.root)
-        _write_boot_record(self.dir, self.facts, outcome)
+        await asyncio.to_thread(_write_boot_record, self.dir, self.facts, outcome)
 
     async def run(self) -> None:
         for path in (self.dir, self.root, self.proc):

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from perceus.common import atomicfile
 from perceus.imagefmt.tree import resolve_in_root
-from perceus.server import hybridize
 from perceus.server.errors import PerceusError
 from perceus.server.hybridize import (
     ensure_mount_point,
@@ -322,11 +322,11 @@ def test_stage_without_rename_exchange(tmp_path: Path, monkeypatch: pytest.Monke
     root = make_tree(tmp_path / "rootfs")
     hybrid = tmp_path / "hybrid"
     stage(root, {"usr/include": "/x"}, hybrid)
-    assert hybridize._exchange(tmp_path / "rootfs", hybrid) is True  # supported here: swap and back
-    assert hybridize._exchange(tmp_path / "rootfs", hybrid) is True
+    assert atomicfile.exchange(tmp_path / "rootfs", hybrid) is True  # supported here: swap and back
+    assert atomicfile.exchange(tmp_path / "rootfs", hybrid) is True
     assert (hybrid / "usr/include/sys/types.h").exists()
 
-    monkeypatch.setattr(hybridize, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(atomicfile, "exchange", lambda a, b: False)
     stage(root, {"usr/share/man": "/x"}, hybrid)
     assert sorted(p.name for p in (hybrid / "usr").iterdir()) == ["share"]
     assert (hybrid / "usr/share/man/man1/ls.1").read_text() == "man\n"

@@ -7,7 +7,7 @@ import sys
 from test_stage1_cli import real_overlay
 from test_stage1_fakemaster import FakeMaster, closed_port
 
-from perceus.bench.sim import fold_names, main, percentile, run_simulation
+from perceus.bench.sim import fold_names, main, run_simulation
 from perceus.stage1.retry import RetryPolicy
 
 
@@ -80,11 +80,8 @@ def test_bad_usage_is_one_line(capsys):
     assert len(err) == 2 and all(line.startswith("perceus-sim: error: ") for line in err)
 
 
-def test_fold_and_percentile():
+def test_fold_names():  # the percentile the summary uses is tested in test_common.py
     names = ["n0003", "n0000", "n0001", "n0005", "x"]
     assert fold_names(names) == "n[0000-0001,0003,0005],x"
     assert fold_names(["n0007"]) == "n0007"
     assert fold_names(["n0000", "n0001", "n0002"]) == "n[0000-0002]"
-    assert percentile([], 50) == 0.0
-    assert percentile([float(i) for i in range(1, 101)], 99) == 99.0
-    assert percentile([3.0, 1.0, 2.0], 50) == 2.0

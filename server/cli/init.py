@@ -11,13 +11,13 @@ from pathlib import Path
 
 import click
 
+from perceus.common.atomicfile import atomic_write
 from perceus.server import netinfo
 from perceus.server.cli.app import App, pass_app
 from perceus.server.cli.errors import PerceusCommand
 from perceus.server.config import DEFAULTS_KEYS, PERCEUS_KEYS, Settings, parse, render
 from perceus.server.db import open_database
 from perceus.server.errors import PerceusError
-from perceus.server.fsutil import atomic_write
 from perceus.server.modules import ModuleStore
 
 HOST_KEY_TYPES = ("rsa", "ecdsa", "ed25519")

@@ -94,7 +94,7 @@ def build(
         if output is None:
             install_kernel(result.kernel, app.paths.stage1_kernel)
     except BuildError as exc:
-        raise PerceusError(str(exc), WHERE) from None
+        raise PerceusError(exc.reason, exc.path or WHERE) from None
     except OSError as exc:
         raise PerceusError(f"cannot write: {exc.strerror}", str(exc.filename or opts.output)) from None
     for line in result.report():

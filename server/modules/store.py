@@ -7,7 +7,6 @@ one. Changes take ``$STATEDIR/modules/.lock`` so two commands cannot interleave.
 """
 
 import contextlib
-import ctypes
 import fcntl
 import os
 import shutil
@@ -17,44 +16,13 @@ from pathlib import Path
 
 from perceus import capsule
 from perceus.capsule.format import MEMBER_RE
+from perceus.common.atomicfile import fsync_dir, replace_tree
 from perceus.server.errors import PerceusError
 from perceus.server.modules import links as linkops
 from perceus.server.modules.layout import MODULE_JSON, NAME_RE, NODESCRIPTS, Module, check_name
 from perceus.server.paths import Paths
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "data" / "modules"
-_RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two directories atomically (renameat2 RENAME_EXCHANGE); False if unsupported."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (22, 38, 95):  # EINVAL, ENOSYS, EOPNOTSUPP: the filesystem or kernel cannot
-        return False
-    raise OSError(err, os.strerror(err), str(a))
-
-
-def _put_in_place(new: Path, target: Path) -> None:
-    """Rename the finished directory ``new`` to ``target``, replacing what is there."""
-    if not target.exists():
-        os.rename(new, target)
-        return
-    if _exchange(new, target):
-        shutil.rmtree(new)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-    os.rename(target, old / "m")
-    os.rename(new, target)
-    shutil.rmtree(old)
 
 
 class ModuleStore:
@@ -122,7 +90,7 @@ class ModuleStore:
                     raise PerceusError(
                         f"module '{name}' is already imported (give --force to replace it)", where
                     )
-                _put_in_place(work / "m", target)
+                replace_tree(work / "m", target)
                 installed = Module.load(target, where)
                 linkops.resync(self.paths, installed, warn)
         finally:
@@ -151,6 +119,7 @@ class ModuleStore:
                     Module.load(work / "m", str(entry))
                     os.chmod(work / "m", 0o755)
                     os.rename(work / "m", self.root / entry.name)
+                    fsync_dir(self.root)
                 finally:
                     shutil.rmtree(work, ignore_errors=True)
                 installed.append(entry.name)
@@ -172,6 +141,7 @@ class ModuleStore:
             linkops.remove_links(link for link in linkops.scan(self.paths) if link.module == name)
             gone = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".delete", dir=self.root))
             os.rename(self.root / name, gone / "m")
+            fsync_dir(self.root)
             shutil.rmtree(gone)
 
 

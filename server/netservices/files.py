@@ -3,8 +3,8 @@
 import os
 from pathlib import Path
 
+from perceus.common.atomicfile import atomic_write
 from perceus.server.errors import PerceusError
-from perceus.server.fsutil import atomic_write
 
 
 def install_text(path: Path, text: str, mode: int = 0o644, like: os.stat_result | None = None) -> None:

@@ -11,6 +11,7 @@ import os
 import re
 from pathlib import Path
 
+from perceus.common.atomicfile import fsync_dir
 from perceus.server.errors import InvalidRequest, PerceusError
 from perceus.server.netservices.files import install_text, remove
 
@@ -149,5 +150,6 @@ def move_boot(tftp_root: Path, old_nodeid: str, new_nodeid: str) -> None:
     old, new = mac_file(tftp_root, old_nodeid), mac_file(tftp_root, new_nodeid)
     if node_choice(old) is not None:
         os.replace(old, new)
+        fsync_dir(new.parent)
     elif node_choice(new) is not None:
         remove(new)  # the identity had the default: the new hardware gets it too

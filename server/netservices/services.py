@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from perceus.common.daemonize import Pidfile
 from perceus.server import control
 from perceus.server.errors import PerceusError
 from perceus.server.netservices import dnsmasq
@@ -35,18 +36,7 @@ class Service:
 
     def pid(self) -> int | None:
         """The running daemon's pid, or None if it is not running."""
-        try:
-            pid = int(self.pidfile.read_text().strip())
-        except (OSError, ValueError):
-            return None
-        if pid <= 0:
-            return None
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                cmdline = handle.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            return None
-        return pid if self.marker in cmdline else None
+        return Pidfile(self.pidfile, self.marker).holder()
 
 
 def perceusd_binary() -> str:

@@ -10,8 +10,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from perceus.common.atomicfile import atomic_copy
 from perceus.server.errors import PerceusError
-from perceus.server.fsutil import atomic_copy
 from perceus.server.netservices import pxelinux
 from perceus.server.netservices.files import install_text
 
