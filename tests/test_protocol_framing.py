@@ -10,6 +10,7 @@ header, before its payload is buffered.
 import random
 
 import pytest
+from test_protocol_fuzz import mutate_bytes
 
 from perceus.stage1.protocol import (
     FLAG_MORE,
@@ -129,21 +130,14 @@ def test_random_splits_of_valid_streams_come_back_whole(seed):
 
 
 def mutate(data: bytes, rng: random.Random) -> bytes:
-    b = bytearray(data)
-    for _ in range(rng.randint(1, 4)):
-        how = rng.randrange(4)
-        if how == 0 and b:
-            b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
-        elif how == 1:
-            i = rng.randint(0, len(b))
-            b[i:i] = rng.randbytes(rng.randint(1, 20))
-        elif how == 2 and b:
-            i = rng.randrange(len(b))
-            del b[i : i + rng.randint(1, 20)]
-        else:
-            i = rng.randint(0, len(b))
-            b[i:i] = encode_frame(rng.randrange(256), rng.randbytes(rng.randint(0, 40)), rng.randrange(4))
-    return bytes(b)
+    """A few byte-level mutations, and sometimes a sealed frame of any type and flags slipped in."""
+    for _ in range(rng.randint(1, 3)):
+        data = mutate_bytes(data, rng)
+    if rng.random() < 0.3:
+        i = rng.randint(0, len(data))
+        frame = encode_frame(rng.randrange(256), rng.randbytes(rng.randint(0, 40)), rng.randrange(4))
+        data = data[:i] + frame + data[i:]
+    return data
 
 
 @pytest.mark.parametrize("block", range(4))

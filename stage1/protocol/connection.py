@@ -289,6 +289,7 @@ class Connection:
         raise NotImplementedError
 
     def _expect_raw(self, length: int) -> None:
+        """An IMAGE_DATA announced ``length`` raw bytes: the node is to receive them, the master owes them."""
         raise NotImplementedError
 
 
