@@ -35,7 +35,7 @@ from pathlib import Path
 import construct as cs
 
 from perceus.common.jitter import jittered
-from perceus.stage1.netup import Lease
+from perceus.stage1.lease import Lease
 
 __all__ = [
     "ARPHRD_ETHER",

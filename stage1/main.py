@@ -2,7 +2,8 @@
 
 * initramfs (PID 1, or ``--mode initramfs``): stage one on a booting node;
 * provisiond (``--mode provisiond``, or invoked as ``provisiond``): the runtime OS's check-ins;
-* simulate (``--simulate DIR``): a harmless node for tests and benchmarks.
+* simulate (``--simulate DIR``): a harmless node for tests and benchmarks (left out of the
+  frozen initramfs: there ``--simulate`` is refused in one line).
 
 Bad input is one line ``perceus-stage1: error: ...`` (exit 2 for usage, 1 otherwise).
 """
@@ -130,7 +131,13 @@ def _log_to_stderr(prefix: str, quiet: bool) -> None:
 
 def _run_simulate(args: argparse.Namespace, prog: str) -> int:
     from perceus.stage1.facts import simulated_facts
-    from perceus.stage1.simulate import SimOptions, simulate_node
+
+    try:  # not frozen into the initramfs (buildroot.pyfreeze.EXCLUDED)
+        from perceus.stage1.simulate import SimOptions, simulate_node
+    except ModuleNotFoundError as exc:
+        if exc.name != "perceus.stage1.simulate":
+            raise
+        raise ValueError("--simulate: this build of stage one has no simulated node") from None
 
     masters = tuple(m for group in args.master for m in group)
     if not masters:

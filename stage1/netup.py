@@ -12,8 +12,10 @@ import fnmatch
 import logging
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
+
+from perceus.stage1 import dhcp_any
+from perceus.stage1.lease import Lease
 
 __all__ = [
     "Lease",
@@ -27,7 +29,6 @@ __all__ = [
 
 log = logging.getLogger("perceus.stage1")
 
-ARPHRD_INFINIBAND = 32  # /sys/class/net/IF/type of an IPoIB link
 CARRIER_WAIT = 5.0  # seconds to wait for a cable to show carrier
 DHCP_TIMEOUT = 20.0
 DRIVER_PASSES = 4
@@ -151,15 +152,6 @@ def _load_modules(modules: list[str], moddir: Path, deps: dict[str, tuple[str, l
     return loaded
 
 
-@dataclass(frozen=True)
-class Lease:
-    """An interface that got an address: where to talk from, and the DHCP server (a master)."""
-
-    iface: str
-    address: str
-    server: str
-
-
 def _carrier(iface: str) -> bool:
     try:
         return Path(f"/sys/class/net/{iface}/carrier").read_text().strip() == "1"
@@ -209,9 +201,7 @@ def _link_type(iface: str) -> int:
 
 async def _lease(iface: str, timeout: float) -> Lease | None:
     """pyroute2's client writes Ethernet frames: an InfiniBand link gets ``dhcp_any`` instead."""
-    if _link_type(iface) == ARPHRD_INFINIBAND:
-        from perceus.stage1 import dhcp_any
-
+    if _link_type(iface) == dhcp_any.ARPHRD_INFINIBAND:
         return await dhcp_any.dhcp(iface, timeout)
     return await _dhcp(iface, timeout)
 

@@ -92,6 +92,7 @@ def test_frozen_zip_holds_stage_one_and_no_excluded_modules(frozen):
     for module in ("perceus/stage1/main.pyc", "perceus/stage1/__main__.pyc", "construct/core.pyc"):
         assert module in names
     assert "pyroute2/dhcp/client.pyc" in names
+    assert "perceus/stage1/simulate.pyc" not in names  # main reaches it, a booting node never runs it
     assert not any(n.startswith(("tkinter/", "unittest/case", "sqlite3/", "pyroute2/ndb/")) for n in names)
     assert "perceus/__init__.pyc" not in names  # perceus stays a namespace package
     assert not frozen.missing

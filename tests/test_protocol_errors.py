@@ -598,7 +598,7 @@ def test_data_after_a_failure_is_ignored():
     master.receive_data(P.encode_message(Hello(MAC, "init")))
     with pytest.raises(RemoteProtocolError):
         master.next_event()
-    assert not master._buf
+    assert not master._reader.buffered
 
 
 def test_error_event_from_an_exception_is_bounded_and_printable():

@@ -429,7 +429,7 @@ STAGE1 = Path(__file__).resolve().parent.parent / "stage1"
 def test_stage1_imports_only_what_the_initramfs_has():
     import ast
 
-    for path in sorted(STAGE1.glob("*.py")):
+    for path in sorted(STAGE1.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             names = []
             if isinstance(node, ast.Import):

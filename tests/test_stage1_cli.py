@@ -126,6 +126,14 @@ def test_bad_input_is_one_line(capsys, args, message, status):
     assert len(err) == 1 and err[0].startswith("perceus-stage1: error: ") and message in err[0]
 
 
+def test_simulate_where_the_simulator_is_left_out_is_one_line(monkeypatch, capsys):
+    """The frozen initramfs carries no simulator (buildroot.pyfreeze.EXCLUDED): --simulate says so."""
+    monkeypatch.setitem(sys.modules, "perceus.stage1.simulate", None)
+    assert main(["--simulate", "d", "--master", "h"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["perceus-stage1: error: --simulate: this build of stage one has no simulated node"]
+
+
 def test_short_site_key_is_refused(tmp_path, capsys):
     (tmp_path / "key").write_bytes(b"short")
     assert main(["--simulate", str(tmp_path), "--master", "h", "--site-key", str(tmp_path / "key")]) == 1
