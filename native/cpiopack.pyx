@@ -1,7 +1,8 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """The cpio newc writer of image chunks: headers, names, paddings and file data in C.
 
-A chunk is planned in Python (``perceus.imagefmt.image``) as a list of entry tuples::
+A chunk is planned in Python (``perceus.imagefmt.image.plan``) as a list of entry tuples
+(``ArchiveEntry``, a NamedTuple in this order)::
 
     (name, mode, uid, gid, nlink, mtime, ino, rdevmajor, rdevminor, filesize, path, data)
 
