@@ -33,7 +33,8 @@ from perceus.capsule.format import (
     MetaError,
     open_regular,
 )
-from perceus.capsule.meta import Meta, capsule_filename, parse_capsule_filename, read_config
+from perceus.capsule.meta import Meta, capsule_filename, read_config
+from perceus.capsule.names import parse_capsule_filename
 from perceus.capsule.reader import Capsule, unpack, verify
 from perceus.capsule.reader import open_capsule as open  # noqa: A004 - capsule.open(path)
 from perceus.capsule.writer import ImageSource, output_path, pack
