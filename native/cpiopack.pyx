@@ -350,8 +350,3 @@ cdef class ChunkWriter:
 def build_chunk(list entries):
     """The complete newc archive (with its trailer) of one planned chunk, as bytes."""
     return ChunkWriter(entries).build()
-
-
-def archive_size(list entries):
-    """What ``build_chunk(entries)`` would return the length of, without reading anything."""
-    return ChunkWriter(entries).usize
