@@ -27,6 +27,7 @@ __all__ = ["Specials", "Unpacker", "extract"]
 
 DIR_FDS = 64  # directory fds kept open (least recently used go)
 MAX_HOPS = 40  # symlinks followed for one path, as the kernel's path walk
+NAME_MAX = 255  # bytes of one path component
 
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _O_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -179,6 +180,8 @@ class Unpacker:
         parts = tuple(p for p in name.split(b"/") if p and p != b".")
         if b".." in parts:
             raise NewcError("'..' in path", where)
+        if any(len(p) > NAME_MAX for p in parts):
+            raise NewcError(f"a path component longer than {NAME_MAX} bytes", where)
         return parts
 
     def _member(self, reader: Reader, member: Member, links: dict) -> bool:

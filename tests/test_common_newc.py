@@ -141,6 +141,12 @@ def test_escaping_names_are_refused(box, name, reason):
     assert info.value.name == name and "\n" not in str(info.value)
 
 
+def test_a_name_component_longer_than_name_max_is_refused(box):
+    dest, _ = box
+    with pytest.raises(newc.NewcError, match="path component longer than 255 bytes"):
+        extract(io.BytesIO(archive(("d/" + "x" * 256, REG, b""))), dest)
+
+
 def test_huge_namesize_is_refused_before_anything_is_read():
     raw = bytearray(archive(("x", REG, b"")))
     raw[94:102] = b"FFFFFFFF"  # namesize
