@@ -14,7 +14,7 @@ from pathlib import Path, PurePosixPath
 
 import zstandard
 
-from perceus.imagefmt.cpio import write_entry, write_trailer
+from perceus.common.newc import write_entry, write_trailer
 
 __all__ = ["Entry", "InitramfsTree"]
 

@@ -10,6 +10,7 @@ The API (everything raises :class:`CapsuleError`, whose ``str()`` is one line na
 the reason; :class:`MetaError`, a subclass, means the metadata asked for is wrong)::
 
     manifest = capsule.pack(root, out, capsule.Meta(name, version, ...), kernel=..., ...)
+    plan = capsule.plan_pack(...); capsule.write_capsule(plan)  # the same, in two steps
     with capsule.open(path) as c:      # header + manifest checked
         c.manifest                     # Manifest: kind, name, ..., members
         c.read_member("config")        # bytes, sha256-checked
@@ -33,10 +34,12 @@ from perceus.capsule.format import (
     MetaError,
     open_regular,
 )
-from perceus.capsule.meta import Meta, capsule_filename, parse_capsule_filename, read_config
+from perceus.capsule.meta import Meta, capsule_filename, read_config
+from perceus.capsule.names import parse_capsule_filename
+from perceus.capsule.plan import ImageSource, PackOptions, PackPlan, plan_pack
 from perceus.capsule.reader import Capsule, unpack, verify
 from perceus.capsule.reader import open_capsule as open  # noqa: A004 - capsule.open(path)
-from perceus.capsule.writer import ImageSource, output_path, pack
+from perceus.capsule.writer import output_path, pack, write_capsule
 
 __all__ = [
     "FORMAT_VERSION",
@@ -47,6 +50,8 @@ __all__ = [
     "Member",
     "Meta",
     "MetaError",
+    "PackOptions",
+    "PackPlan",
     "capsule_filename",
     "is_capsule",
     "legacy",
@@ -54,9 +59,11 @@ __all__ = [
     "output_path",
     "pack",
     "parse_capsule_filename",
+    "plan_pack",
     "read_config",
     "unpack",
     "verify",
+    "write_capsule",
 ]
 
 

@@ -26,6 +26,7 @@ from typing import Any, BinaryIO
 
 from construct import Bytes, ConstructError, Int16ul, Int32ul, Int64ul, Struct
 
+from perceus.capsule.names import ARCHES, KINDS, NAME_RE, REVISION_RE, STATES, VERSION_RE, capsule_basename
 from perceus.common.errors import InvalidInput, ReasonError
 
 # The version this code reads and writes; see "Version rule" in docs/capsule-format.md.
@@ -60,21 +61,10 @@ HEADER = Struct(
 )
 assert HEADER.sizeof() == HEADER_SIZE
 
-KINDS = ("vnfs", "module")
-STATES = ("stateless", "stateful")
 ENCODING_RAW = "raw"
 ENCODING_CHUNKED = "cpio-zstd-chunks"
 ROOTFS = "rootfs"
 
-# Architectures by the name `uname -m` gives; the ELF reader maps e_machine onto these.
-ARCHES = tuple(
-    "x86_64 i386 i486 i586 i686 aarch64 armv7l armv6l arm ppc64le ppc64 ppc riscv64 s390x "
-    "mips mipsel mips64 mips64el loongarch64 noarch".split()
-)
-
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
-VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+~]{0,63}")
-REVISION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_+~]{0,31}")
 _COMPONENT = r"[A-Za-z0-9_+@=,-][A-Za-z0-9._+@=,-]{0,127}"
 MEMBER_RE = re.compile(rf"{_COMPONENT}(/{_COMPONENT}){{0,7}}")
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
@@ -235,8 +225,6 @@ class Manifest:
     @property
     def fullname(self) -> str:
         """``name-version-revision.state.arch`` (the guide's name without the suffix)."""
-        from perceus.capsule.meta import capsule_basename
-
         return capsule_basename(self.kind, self.name, self.version, self.revision, self.state, self.arch)
 
     def member(self, name: str) -> Member:

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from perceus.capsule.format import DEFAULT_MAX_USIZE, CapsuleError, Manifest, MetaError, open_regular
-from perceus.capsule.meta import Meta, parse_capsule_filename, read_config
+from perceus.capsule.meta import Meta, read_config
+from perceus.capsule.names import parse_capsule_filename
 from perceus.capsule.writer import pack
 
 DEFAULT_MAX_ENTRIES = 1 << 20
@@ -287,7 +288,11 @@ def convert(
                 kernel = candidate
                 break
         if "config" in files and files["config"].is_file() and not files["config"].is_symlink():
-            args = read_config(files["config"].read_text(errors="replace")).get("KERNEL_ARGS")
+            text = files["config"].read_text(errors="replace")
+            try:
+                args = read_config(text).get("KERNEL_ARGS")
+            except CapsuleError as exc:  # named as the member of the legacy capsule: old.vnfs:config:3
+                raise CapsuleError(exc.reason, f"{legacy_path}:{exc.path}") from None
             if args is not None and not meta.kernel_args:
                 meta = replace(meta, kernel_args=args)
         nodescripts = top / "nodescripts"

@@ -15,19 +15,19 @@ from pathlib import Path
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from perceus.capsule.format import (
+from perceus.capsule.format import CapsuleError, MetaError, open_regular
+from perceus.capsule.names import (
     ARCHES,
     KINDS,
     NAME_RE,
     REVISION_RE,
     STATES,
+    SUFFIXES,
     VERSION_RE,
-    MetaError,
-    open_regular,
+    capsule_basename,
 )
+from perceus.common import shellvars
 from perceus.imagefmt.tree import resolve_in_root
-
-SUFFIXES = {"vnfs": ".vnfs", "module": ".pmod"}
 
 
 @dataclass(frozen=True)
@@ -71,13 +71,6 @@ def _allowed(what: str) -> str:
     return {"name": "'._+-'", "version": "'._+~' (no '-')", "revision": "'_+~' (no '-' or '.')"}[what]
 
 
-def capsule_basename(kind: str, name: str, version: str, revision: str, state: str | None, arch: str) -> str:
-    """The guide's ``name-version-revision.state.arch`` (modules have no state)."""
-    if kind == "module" or state is None:
-        return f"{name}-{version}-{revision}.{arch}"
-    return f"{name}-{version}-{revision}.{state}.{arch}"
-
-
 def capsule_filename(meta: "Meta | object") -> str:
     """``caos-nsa-node-1.0-1.stateless.x86_64.vnfs`` for a Meta or a Manifest (arch must be known)."""
     arch = meta.arch
@@ -85,39 +78,6 @@ def capsule_filename(meta: "Meta | object") -> str:
         raise MetaError("the architecture is not known yet")
     base = capsule_basename(meta.kind, meta.name, meta.version, meta.revision, meta.state, arch)
     return base + SUFFIXES[meta.kind]
-
-
-_VNFS_NAME = re.compile(
-    r"(?P<name>.+)-(?P<version>[^-/]+)-(?P<revision>[^-./]+)"
-    r"\.(?P<state>stateless|stateful|statefull)\.(?P<arch>[^./]+)\.vnfs"
-)
-_PMOD_NAME = re.compile(r"(?P<name>.+)-(?P<version>[^-/]+)-(?P<revision>[^-./]+)\.(?P<arch>[^./]+)\.pmod")
-
-
-def parse_capsule_filename(filename: str) -> dict[str, str] | None:
-    """The fields of a conventional capsule file name, or None if the name does not follow it.
-
-    The guide's own example ``gentoo-2007.0-1.statefull.x86_64.vnfs`` is read as stateful.
-    """
-    base = os.path.basename(filename)
-    m = _VNFS_NAME.fullmatch(base)
-    if m:
-        fields = m.groupdict()
-        fields["kind"] = "vnfs"
-        if fields["state"] == "statefull":
-            fields["state"] = "stateful"
-    else:
-        m = _PMOD_NAME.fullmatch(base)
-        if not m:
-            return None
-        fields = m.groupdict() | {"kind": "module", "state": None}
-    ok = (
-        NAME_RE.fullmatch(fields["name"])
-        and VERSION_RE.fullmatch(fields["version"])
-        and REVISION_RE.fullmatch(fields["revision"])
-        and fields["arch"] in ARCHES
-    )
-    return fields if ok else None
 
 
 # -- reading the tree -----------------------------------------------------------------------
@@ -210,11 +170,10 @@ def tree_os(root: Path) -> str:
             continue
         with open_regular(path) as f:
             text = f.read(65536).decode("utf-8", "replace")
-        fields = {}
-        for line in text.splitlines():
-            m = re.fullmatch(r"\s*([A-Z_]+)=[\"']?(.*?)[\"']?\s*", line)
-            if m:
-                fields[m[1]] = m[2]
+        try:
+            fields = shellvars.parse(text, candidate)
+        except shellvars.ShellVarsError:
+            continue  # not what os-release(5) allows: as if there were none
         parts = [p for p in (fields.get("ID"), fields.get("VERSION_ID")) if p]
         name = re.sub(r"[^A-Za-z0-9._+~-]", "_", "-".join(parts))[:64]
         if name:
@@ -285,31 +244,22 @@ def config_text(kernel_args: str, kernel_version: str | None, arch: str, state: 
         "# is provisioned; KERNEL_ARGS is the only option that normally needs adjusting.\n"
         "\n"
         "# Arguments given to the VNFS kernel when a node boots it.\n"
-        f'KERNEL_ARGS="{kernel_args}"\n'
+        f"KERNEL_ARGS={shellvars.quote(kernel_args)}\n"
         "\n"
         "# What the capsule was built with (for reference; changing them changes nothing).\n"
-        f'KERNEL_VERSION="{kernel_version or ""}"\n'
-        f'ARCH="{arch}"\n'
-        f'STATE="{state or ""}"\n'
+        f"KERNEL_VERSION={shellvars.quote(kernel_version or '')}\n"
+        f"ARCH={shellvars.quote(arch)}\n"
+        f"STATE={shellvars.quote(state or '')}\n"
     )
 
 
-_CONFIG_LINE = re.compile(r"^\s*(?P<key>[A-Za-z_][A-Za-z0-9_]*)\s*=\s*(?P<value>.*?)\s*$")
-
-
-def read_config(text: str) -> dict[str, str]:
-    """``KEY = "value"`` / ``KEY=value`` lines of a config member (original capsules use the latter)."""
-    values = {}
-    for line in text.splitlines():
-        if line.lstrip().startswith("#"):
-            continue
-        m = _CONFIG_LINE.match(line)
-        if m:
-            value = m["value"]
-            if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-                value = value[1:-1]
-            values[m["key"]] = value
-    return values
+def read_config(text: str, source: str = "config") -> dict[str, str]:
+    """The ``KEY="value"`` lines of a config member (original capsules' too), read strictly as
+    perceusd reads them; a line it cannot read is a :class:`CapsuleError` naming ``source:line``."""
+    try:
+        return shellvars.parse(text, source)
+    except shellvars.ShellVarsError as exc:
+        raise CapsuleError(exc.reason, exc.path) from None
 
 
 DEFAULT_HYBRIDIZE = """\

@@ -1,21 +1,21 @@
-"""Packing a root tree into a capsule: chroot2stateless's job, written beside and renamed.
+"""Writing a planned capsule: chroot2stateless's job, written beside and renamed.
 
-The file is built as ``.NAME.XXXX.part`` in the target's directory: header placeholder,
-the small members, the kernel, the root tree as chunked image (``imagefmt.pack_tree``),
-the manifest, then the real header. It is read back and checked with the same parser
-every reader uses, fsynced, and only then renamed over the target, so a failure or a
-kill at any moment leaves no capsule or the complete one, never half of one.
+The file is built as ``.NAME.XXXX.part`` in the target's directory (``common.atomicfile``):
+header placeholder, the small members, the kernel, the root tree as chunked image
+(``imagefmt.pack_tree``) or an already packed image, the manifest, then the real header.
+It is read back and checked with the same parser every reader uses, fsynced, and only
+then renamed over the target, so a failure or a kill at any moment leaves no capsule or
+the complete one, never half of one. What goes in is decided first, by
+:func:`perceus.capsule.plan.plan_pack`.
 """
 
 import hashlib
 import importlib.metadata
 import os
-import stat
-import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from perceus.capsule.format import (
     ALIGN_LARGE,
@@ -24,7 +24,6 @@ from perceus.capsule.format import (
     FLAG_MODULE,
     FORMAT_VERSION,
     HEADER_SIZE,
-    MEMBER_RE,
     ROOTFS,
     CapsuleError,
     ChunkInfo,
@@ -36,24 +35,14 @@ from perceus.capsule.format import (
     parse_manifest,
     utc_timestamp,
 )
-from perceus.capsule.meta import (
-    DEFAULT_HYBRIDIZE,
-    DEFAULT_LIVESYNC_SKIP,
-    Meta,
-    capsule_filename,
-    config_text,
-    kernel_version,
-    read_config,
-    tree_arch,
-    tree_kernel,
-    tree_os,
-)
+from perceus.capsule.meta import Meta, capsule_filename
+from perceus.capsule.plan import ImageSource, PackOptions, PackPlan, Source, plan_pack
+from perceus.common.atomicfile import replacing
 from perceus.imagefmt import image
 
-BLOCK = 1 << 20
-MAX_SMALL_MEMBER = 64 << 20  # config, scripts and the like are read into memory
+__all__ = ["output_path", "pack", "write_capsule"]
 
-Source = bytes | str | os.PathLike
+BLOCK = 1 << 20
 
 
 def tool_version() -> str:
@@ -68,55 +57,10 @@ def _created() -> str:
     return utc_timestamp(int(epoch) if epoch.isdigit() else time.time())
 
 
-def _read_regular(path: Path, what: str, limit: int = MAX_SMALL_MEMBER) -> tuple[bytes, int]:
-    """A regular file's bytes and permission bits; a symlink is refused rather than followed."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        raise CapsuleError(f"cannot read {what}: {exc.strerror}", path) from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise CapsuleError(f"{what} is not a regular file", path)
-        os.set_blocking(fd, True)
-        if st.st_size > limit:
-            raise CapsuleError(f"{what} is larger than {limit} bytes", path)
-        return f.read(limit + 1), stat.S_IMODE(st.st_mode)
-
-
-def nodescript_members(directory: Path) -> dict[str, tuple[bytes, int]]:
-    """``DIR/<state>/<script>`` regular files as ``nodescripts/<state>/<script>`` members."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise CapsuleError("nodescripts must be a directory of <state>/<script> files", directory)
-    found = {}
-    for state in sorted(os.listdir(directory)):
-        state_dir = directory / state
-        if state_dir.is_symlink() or not state_dir.is_dir():
-            raise CapsuleError(
-                f"nodescripts/{state} is not a directory (expected <state>/<script>)", state_dir
-            )
-        for script in sorted(os.listdir(state_dir)):
-            name = f"nodescripts/{state}/{script}"
-            if not MEMBER_RE.fullmatch(name):
-                raise CapsuleError(f"nodescript name {name!r} is not allowed", state_dir / script)
-            data, mode = _read_regular(state_dir / script, "a nodescript")
-            found[name] = (data, 0o755 if mode & 0o111 else 0o644)
-    return found
-
-
-def _source_bytes(name: str, source: Source) -> tuple[bytes, int]:
-    if isinstance(source, bytes):
-        return source, 0o644
-    if isinstance(source, str):
-        return source.encode(), 0o644
-    return _read_regular(Path(source), f"member {name}")
-
-
-class _Writer:
+class _Members:
     """Appends members to the part file, hashing as it goes."""
 
-    def __init__(self, f) -> None:
+    def __init__(self, f: BinaryIO) -> None:
         self.f = f
         self.members: list[Member] = []
 
@@ -142,11 +86,34 @@ class _Writer:
                 size += len(block)
         self.members.append(Member(name, offset, size, digest.hexdigest(), mode=mode))
 
-    def add_rootfs(self, root: Path, **options) -> None:
+    def _add_chunked(self, base: int, size: int, digest: str, usize: int, entries: int, chunks) -> None:
+        infos = tuple(ChunkInfo(c.offset, c.csize, c.usize, c.sha256) for c in chunks)
+        self.members.append(
+            Member(
+                ROOTFS,
+                base,
+                size,
+                digest,
+                encoding=ENCODING_CHUNKED,
+                usize=usize,
+                entries=entries,
+                chunks=infos,
+            )
+        )
+
+    def add_rootfs(self, root: Path, options: PackOptions, progress: Callable | None) -> None:
         self.pad(ALIGN_LARGE)
         base = self.f.tell()
         try:
-            result = image.pack_tree(root, self.f, **options)
+            result = image.pack_tree(
+                root,
+                self.f,
+                level=options.level,
+                threads=options.threads,
+                chunk_size=options.chunk_size,
+                skip=options.skip,
+                progress=progress,
+            )
         except image.ImageError as exc:
             raise CapsuleError(f"cannot pack the tree: {exc}", root) from None
         except ValueError as exc:  # a level, thread count or chunk size pack_tree refuses
@@ -161,21 +128,9 @@ class _Writer:
                 raise CapsuleError("the packed image is shorter than reported", root)
             digest.update(block)
             pos += len(block)
-        chunks = tuple(ChunkInfo(c.offset, c.csize, c.usize, c.sha256) for c in result.chunks)
-        self.members.append(
-            Member(
-                ROOTFS,
-                base,
-                result.csize,
-                digest.hexdigest(),
-                encoding=ENCODING_CHUNKED,
-                usize=result.usize,
-                entries=result.entries,
-                chunks=chunks,
-            )
-        )
+        self._add_chunked(base, result.csize, digest.hexdigest(), result.usize, result.entries, result.chunks)
 
-    def add_image(self, source: "ImageSource") -> None:
+    def add_image(self, source: ImageSource) -> None:
         """An already packed image (a VNFS being exported), checked chunk by chunk as it is copied."""
         self.pad(ALIGN_LARGE)
         base = self.f.tell()
@@ -194,41 +149,59 @@ class _Writer:
                 digest.update(block)
                 self.f.write(block)
                 left -= len(block)
-        chunks = tuple(ChunkInfo(c.offset, c.csize, c.usize, c.sha256) for c in source.chunks)
-        self.members.append(
-            Member(
-                ROOTFS,
-                base,
-                size,
-                digest.hexdigest(),
-                encoding=ENCODING_CHUNKED,
-                usize=source.usize,
-                entries=source.entries,
-                chunks=chunks,
-            )
+        self._add_chunked(base, size, digest.hexdigest(), source.usize, source.entries, source.chunks)
+
+
+def _manifest(plan: PackPlan, members: list[Member]) -> Manifest:
+    meta = plan.meta
+    return Manifest(
+        kind=meta.kind,
+        name=meta.name,
+        version=meta.version,
+        revision=meta.revision,
+        state=meta.state if meta.kind == "vnfs" else None,
+        arch=meta.arch,
+        os=meta.os,
+        kernel_version=plan.kernel_version,
+        kernel_args=meta.kernel_args,
+        created=_created(),
+        tool=tool_version(),
+        members=tuple(members),
+    )
+
+
+def write_capsule(plan: PackPlan, progress: Callable[[int], None] | None = None) -> Manifest:
+    """Write the capsule ``plan`` describes to ``plan.out``, atomically; returns its manifest
+    as read back. ``progress`` is told the uncompressed bytes of each packed chunk."""
+    with replacing(plan.out, 0o644, suffix=".part") as f:
+        f.write(b"\0" * HEADER_SIZE)
+        w = _Members(f)
+        for name in sorted(plan.members):
+            w.add_bytes(name, *plan.members[name])
+        if plan.kernel is not None:
+            w.add_file("kernel", plan.kernel)
+        if plan.root is not None:
+            w.add_rootfs(plan.root, plan.options, progress)
+        elif plan.image is not None:
+            w.add_image(plan.image)
+        manifest = _manifest(plan, w.members)
+        w.pad(ALIGN_SMALL)
+        manifest_offset = f.tell()
+        raw = manifest.to_json()
+        f.write(raw)
+        header = Header(
+            version=FORMAT_VERSION,
+            flags=FLAG_MODULE if plan.meta.kind == "module" else 0,
+            manifest_offset=manifest_offset,
+            manifest_length=len(raw),
+            file_length=f.tell(),
+            manifest_sha256=hashlib.sha256(raw).digest(),
         )
-
-
-@dataclass(frozen=True)
-class ImageSource:
-    """A packed root-tree image on disk with its chunk table (what a VNFS directory keeps)."""
-
-    path: Path
-    chunks: tuple
-    usize: int
-    entries: int
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _inside(path: Path, tree: Path) -> bool:
-    return path.resolve().is_relative_to(tree.resolve())
+        f.seek(0)
+        f.write(header.build())
+        f.flush()
+        # Read back through the reader's own checks before anything is renamed.
+        return parse_manifest(raw, Header.parse(header.build(), header.file_length), max_usize=1 << 62)
 
 
 def pack(
@@ -241,7 +214,7 @@ def pack(
     nodescripts: os.PathLike | str | None = None,
     level: int = 3,
     threads: int = 0,
-    chunk_size: int = 4 << 20,
+    chunk_size: int = image.DEFAULT_CHUNK_SIZE,
     skip: Callable | None = None,
     progress: Callable | None = None,
     overwrite: bool = False,
@@ -259,126 +232,22 @@ def pack(
     ``chunk_size``, ``skip`` and ``progress`` go to ``imagefmt.image.pack_tree``.
     ``on_kernel(path)`` is told which kernel was picked from the tree. ``image`` takes an
     already packed image instead of a root tree (``vnfs export``); ``meta`` must then
-    name the arch and os.
+    name the arch and os. :func:`plan_pack` then :func:`write_capsule`.
     """
-    meta.check()
-    if root is not None and image is not None:
-        raise MetaError("give a root tree or a packed image, not both")
-    if root is None and image is None and meta.kind == "vnfs":
-        raise MetaError("a vnfs capsule needs a root tree")
-    root_path = Path(root) if root is not None else None
-    if root_path is not None and not root_path.is_dir():
-        raise CapsuleError("the root tree is not a directory", root_path)
-    arch = tree_arch(root_path, meta.arch) if root_path is not None else (meta.arch or "noarch")
-    os_name = meta.os or (tree_os(root_path) if root_path is not None else "none")
-
-    kernel_path: Path | None = None
-    if kernel not in (None, False, True):
-        kernel_path = Path(kernel)
-    elif kernel is not False and root_path is not None and meta.kind == "vnfs":
-        found = tree_kernel(root_path)
-        if found is not None:
-            kernel_path, inside = found
-            if on_kernel:
-                on_kernel(inside)
-    kver = None
-    if kernel_path is not None:
-        if not kernel_path.is_file():
-            raise CapsuleError("the kernel is not a regular file", kernel_path)
-        kver = kernel_version(kernel_path)
-        if kver is None:
-            raise MetaError("cannot tell the kernel's version from its header or file name", kernel_path)
-
-    members: dict[str, tuple[bytes, int]] = {}
-    if meta.kind == "vnfs":
-        members["config"] = (config_text(meta.kernel_args, kver, arch, meta.state).encode(), 0o644)
-        members["hybridize"] = (DEFAULT_HYBRIDIZE.encode(), 0o644)
-        members["livesync.skip"] = (DEFAULT_LIVESYNC_SKIP.encode(), 0o644)
-    for name, source in (files or {}).items():
-        if not MEMBER_RE.fullmatch(name) or name in (ROOTFS, "kernel"):
-            raise MetaError(f"member name {name!r} is not allowed")
-        members[name] = _source_bytes(name, source)
-    kernel_args = meta.kernel_args
-    if not kernel_args and "config" in (files or {}):  # a given config speaks for itself
-        kernel_args = read_config(members["config"][0].decode("utf-8", "replace")).get("KERNEL_ARGS", "")
-        Meta(meta.name, meta.version, kernel_args=kernel_args).check()
-    if nodescripts is not None:
-        members.update(nodescript_members(Path(nodescripts)))
-
-    out_path = Path(out)
-    if out_path.is_dir():
-        out_path = out_path / capsule_filename(
-            Meta(meta.name, meta.version, meta.revision, meta.state, arch, kind=meta.kind)
-        )
-    if root_path is not None and _inside(out_path.parent, root_path):
-        raise CapsuleError("the capsule would be written inside the tree it packs", out_path)
-    if out_path.exists() and not overwrite:
-        raise CapsuleError("already exists (remove it first, or overwrite it)", out_path)
-    if not out_path.parent.is_dir():
-        raise CapsuleError("no such directory", out_path.parent)
-
-    fd, part = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".part", dir=out_path.parent)
-    try:
-        with os.fdopen(fd, "w+b") as f:
-            f.write(b"\0" * HEADER_SIZE)
-            w = _Writer(f)
-            for name in sorted(members):
-                w.add_bytes(name, *members[name])
-            if kernel_path is not None:
-                w.add_file("kernel", kernel_path)
-            if root_path is not None:
-                w.add_rootfs(
-                    root_path,
-                    level=level,
-                    threads=threads,
-                    chunk_size=chunk_size,
-                    skip=skip,
-                    progress=progress,
-                )
-            elif image is not None:
-                w.add_image(image)
-            manifest = Manifest(
-                kind=meta.kind,
-                name=meta.name,
-                version=meta.version,
-                revision=meta.revision,
-                state=meta.state if meta.kind == "vnfs" else None,
-                arch=arch,
-                os=os_name,
-                kernel_version=kver,
-                kernel_args=kernel_args,
-                created=_created(),
-                tool=tool_version(),
-                members=tuple(w.members),
-            )
-            w.pad(ALIGN_SMALL)
-            manifest_offset = f.tell()
-            raw = manifest.to_json()
-            f.write(raw)
-            header = Header(
-                version=FORMAT_VERSION,
-                flags=FLAG_MODULE if meta.kind == "module" else 0,
-                manifest_offset=manifest_offset,
-                manifest_length=len(raw),
-                file_length=f.tell(),
-                manifest_sha256=hashlib.sha256(raw).digest(),
-            )
-            f.seek(0)
-            f.write(header.build())
-            f.flush()
-            # Read back through the reader's own checks before anything is renamed.
-            checked = parse_manifest(raw, Header.parse(header.build(), header.file_length), max_usize=1 << 62)
-            os.fsync(f.fileno())
-        os.chmod(part, 0o644)
-        os.replace(part, out_path)
-    except BaseException:
-        try:
-            os.unlink(part)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(out_path.parent)
-    return checked
+    plan = plan_pack(
+        root,
+        out,
+        meta,
+        kernel=kernel,
+        files=files,
+        nodescripts=nodescripts,
+        image=image,
+        options=PackOptions(level=level, threads=threads, chunk_size=chunk_size, skip=skip),
+        overwrite=overwrite,
+    )
+    if on_kernel is not None and plan.kernel_in_tree is not None:
+        on_kernel(plan.kernel_in_tree)
+    return write_capsule(plan, progress)
 
 
 def output_path(out: os.PathLike | str, manifest: Manifest) -> Path:

@@ -31,15 +31,17 @@ def fsync_dir(path: os.PathLike | str) -> None:
 
 @contextmanager
 def replacing(
-    path: os.PathLike | str, mode: int = 0o644, like: os.stat_result | None = None
+    path: os.PathLike | str, mode: int = 0o644, like: os.stat_result | None = None, suffix: str = ".tmp"
 ) -> Iterator[BinaryIO]:
-    """A file beside ``path`` that replaces it, durably, when the block ends without error.
+    """A file beside ``path`` (``.NAME.XXXX<suffix>``) that replaces it, durably, when the block
+    ends without error.
 
     With ``like`` the new file takes that file's mode and (as root) owner. Mode and owner
-    are set before any data is written, so a secret is never readable by others.
+    are set before any data is written, so a secret is never readable by others. The
+    file descriptor is open for reading too (``os.pread`` on it works).
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             if like is not None and os.geteuid() == 0:

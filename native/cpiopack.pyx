@@ -1,7 +1,8 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """The cpio newc writer of image chunks: headers, names, paddings and file data in C.
 
-A chunk is planned in Python (``perceus.imagefmt.image``) as a list of entry tuples::
+A chunk is planned in Python (``perceus.imagefmt.image.plan``) as a list of entry tuples
+(``ArchiveEntry``, a NamedTuple in this order)::
 
     (name, mode, uid, gid, nlink, mtime, ino, rdevmajor, rdevminor, filesize, path, data)
 
@@ -349,8 +350,3 @@ cdef class ChunkWriter:
 def build_chunk(list entries):
     """The complete newc archive (with its trailer) of one planned chunk, as bytes."""
     return ChunkWriter(entries).build()
-
-
-def archive_size(list entries):
-    """What ``build_chunk(entries)`` would return the length of, without reading anything."""
-    return ChunkWriter(entries).usize

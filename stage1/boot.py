@@ -10,9 +10,9 @@ import os
 from pathlib import Path
 from types import ModuleType
 
+from perceus.common.newc import write_tree
 from perceus.stage1.cmdline import BootOptions
 from perceus.stage1.fetch import FileSink, Sink
-from perceus.stage1.newc import write_tree
 from perceus.stage1.protocol import ImageOffer, ObjectKind
 
 __all__ = ["assemble_initrd", "initrd_sinks", "kernel_cmdline", "kexec_boot"]

@@ -3,7 +3,7 @@
 No root: facts are generated, the image, overlay and kernel go to ``DIR/<MAC>/`` (or
 nowhere with ``discard``), nodescripts run under /bin/sh with DESTDIR=``DIR/<MAC>/root``
 and PERCEUS_PROC=``DIR/<MAC>/proc``. "Booting" unpacks the overlay into the root (``zstd
--dc`` and :func:`perceus.stage1.newc.extract`), replacing what a previous boot left but not
+-dc`` and :func:`unpack_archive`), replacing what a previous boot left but not
 what this boot's init script wrote (the DESTDIR archive comes last in a real initrd); the
 image is not unpacked. Then it records ``boot.json``.
 Hundreds of these run in one event loop (``perceus-sim``); :func:`simulate_node` never
@@ -19,14 +19,17 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import BinaryIO
 
 from perceus.common.atomicfile import atomic_write
+from perceus.common.newc import NewcError
+from perceus.common.unpack import Specials, extract
 from perceus.stage1.cmdline import Master
 from perceus.stage1.facts import Facts, simulated_facts
 from perceus.stage1.fetch import DiscardSink, Download, FileSink, Sink, hash_executor
-from perceus.stage1.newc import NewcError, extract
 from perceus.stage1.protocol import ImageOffer, ObjectKind
 from perceus.stage1.retry import NoMaster, RetryPolicy, Stats, Target, check_in_until_done
 from perceus.stage1.scriptrun import DEFAULT_SCRIPT_TIMEOUT, ScriptEnv
@@ -39,6 +42,7 @@ __all__ = [
     "SimOptions",
     "simulate_node",
     "simulate_nodes",
+    "unpack_archive",
     "unpack_overlay",
 ]
 
@@ -102,6 +106,17 @@ class BootFailed(Exception):
     """The simulated node could not "boot" what it received (the overlay does not unpack)."""
 
 
+def unpack_archive(src: BinaryIO, root: Path, keep: Callable[[os.stat_result], bool] | None = None) -> int:
+    """One newc archive unpacked into a simulated node's root as the kernel unpacks an initrd onto one.
+
+    Symlinks already in the root are followed when they stay inside it (``lib -> usr/lib``);
+    device nodes, FIFOs and sockets are passed over (no privileges needed); owners are kept
+    when running as root. ``keep(os.lstat(path))`` True leaves what is there. Returns the
+    entries made; NewcError for a truncated, corrupt or unsafe archive.
+    """
+    return extract(src, root, keep=keep, follow_inside=True, specials=Specials.SKIP)
+
+
 def unpack_overlay(overlay: Path, root: Path, since_ns: int | None = None) -> int:
     """Unpack an overlay (one zstd frame of one newc archive) into ``root``, as the kernel would.
 
@@ -121,7 +136,7 @@ def unpack_overlay(overlay: Path, root: Path, since_ns: int | None = None) -> in
         assert proc.stdout is not None and proc.stderr is not None
         try:
             keep = None if since_ns is None else (lambda st: st.st_ctime_ns >= since_ns)
-            written = extract(proc.stdout, root, keep=keep)
+            written = unpack_archive(proc.stdout, root, keep)
         except NewcError as exc:
             problem = _zstd_problem(proc)  # a zstd error truncates the stream: say why
             raise BootFailed(f"cannot unpack the overlay: {problem or exc}") from None

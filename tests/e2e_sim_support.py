@@ -21,7 +21,7 @@ from pathlib import Path
 
 import zstandard
 
-from perceus.imagefmt import cpio
+from perceus.common import newc
 
 from conftest import BIN, Instance
 
@@ -187,7 +187,7 @@ def overlay_files(path: Path) -> dict[str, File]:
     """An overlay's entries by path (without a leading ``./`` or ``/``): mode and content."""
     raw = zstandard.ZstdDecompressor().decompressobj().decompress(path.read_bytes())
     entries = {}
-    for entry in cpio.iter_entries(io.BytesIO(raw)):
+    for entry in newc.iter_entries(io.BytesIO(raw)):
         name = entry.name.decode()
         while name.startswith(("./", "/")):
             name = name.removeprefix(".").removeprefix("/")

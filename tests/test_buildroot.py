@@ -13,7 +13,7 @@ import pytest
 
 from perceus.buildroot import elfdeps, kmods, pyfreeze
 from perceus.buildroot.tree import InitramfsTree
-from perceus.imagefmt import cpio
+from perceus.common import newc
 from perceus.server.cli import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,6 +93,7 @@ def test_frozen_zip_holds_stage_one_and_no_excluded_modules(frozen):
         assert module in names
     assert "pyroute2/dhcp/client.pyc" in names
     assert "perceus/stage1/simulate.pyc" not in names  # main reaches it, a booting node never runs it
+    assert "perceus/common/newc.pyc" in names  # stage one's DESTDIR archive: the shared newc writer
     assert not any(n.startswith(("tkinter/", "unittest/case", "sqlite3/", "pyroute2/ndb/")) for n in names)
     assert "perceus/__init__.pyc" not in names  # perceus stays a namespace package
     assert not frozen.missing
@@ -129,7 +130,7 @@ def test_archive_has_parents_first_devices_and_part_sizes():
     tree = InitramfsTree()
     tree.add_file("etc/perceus/masterip", b"10.0.0.1\n", part="base")
     tree.add_device("dev/console", stat.S_IFCHR, 5, 1)
-    entries = cpio.read_entries(tree.cpio())
+    entries = newc.read_entries(tree.cpio())
     names = [e.name.decode() for e in entries]
     assert names.index("etc") < names.index("etc/perceus") < names.index("etc/perceus/masterip")
     console = next(e for e in entries if e.name == b"dev/console")
@@ -179,7 +180,7 @@ def test_default_build_lands_where_configure_tftp_looks(perceus):
     stage1 = perceus.statedir / "stage1"
     kernel = KERNEL_ROOT / "boot" / f"vmlinuz-{VERSION}"
     assert (stage1 / "vmlinuz").read_bytes() == kernel.read_bytes()
-    entries = {e.name.decode(): e for e in cpio.read_entries(_unzstd(stage1 / "initramfs.img"))}
+    entries = {e.name.decode(): e for e in newc.read_entries(_unzstd(stage1 / "initramfs.img"))}
     assert entries["etc/perceus/masterip"].data == b"10.9.8.7:987\n"
     assert (
         entries["etc/perceus/site.key"].data == b"k" * 32

@@ -12,7 +12,7 @@ from test_capsule import make_tree, reseal, rewrite_manifest
 
 from perceus import capsule
 from perceus.capsule.format import HEADER_SIZE, Header
-from perceus.imagefmt import cpio
+from perceus.common import newc
 
 from conftest import Instance
 
@@ -358,10 +358,10 @@ def forge(
 def archive(*entries: tuple) -> bytes:
     """A cpio newc archive of (name, mode, data) entries, with a trailer."""
     out = bytearray()
-    cpio.write_entry(out, ".", mode=stat.S_IFDIR | 0o755, nlink=2)
+    newc.write_entry(out, ".", mode=stat.S_IFDIR | 0o755, nlink=2)
     for ino, (name, mode, data) in enumerate(entries, start=2):
-        cpio.write_entry(out, name, mode=mode, data=data, ino=ino, rdevmajor=5 if stat.S_ISCHR(mode) else 0)
-    cpio.write_trailer(out)
+        newc.write_entry(out, name, mode=mode, data=data, ino=ino, rdevmajor=5 if stat.S_ISCHR(mode) else 0)
+    newc.write_trailer(out)
     return bytes(out)
 
 

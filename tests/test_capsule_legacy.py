@@ -108,6 +108,21 @@ def test_convert_without_a_top_directory_and_with_devices(tmp_path: Path) -> Non
     assert (tmp_path / "un" / "rootfs" / "dev" / "console").is_char_device()
 
 
+def test_convert_reads_the_config_strictly_and_says_where(tmp_path: Path) -> None:
+    """The legacy config is read as perceusd reads it: a line it cannot read names old.vnfs:config:N."""
+    top = legacy_dir(tmp_path / "src")
+    (top / "config").write_text('# VNFS config\nKERNEL_ARGS = "console=tty0 quiet"  # spaced\n')
+    m = capsule.legacy.convert(tar_dir(top, tmp_path / f"{NAME}.vnfs"), tmp_path / "a.vnfs")
+    assert m.kernel_args == "console=tty0 quiet"
+    (top / "config").write_text('# VNFS config\nKERNEL_ARGS="$EXTRA quiet"\n')
+    (tmp_path / "bad").mkdir()
+    legacy = tar_dir(top, tmp_path / "bad" / f"{NAME}.vnfs")
+    with pytest.raises(capsule.CapsuleError) as exc:
+        capsule.legacy.convert(legacy, tmp_path / "b.vnfs")
+    assert str(exc.value) == f"shell expansion ($) is not supported in values ({legacy}:config:2)"
+    assert not (tmp_path / "b.vnfs").exists()
+
+
 def test_convert_needs_metadata(tmp_path: Path) -> None:
     legacy = tar_dir(legacy_dir(tmp_path / "src"), tmp_path / "backup.vnfs")
     with pytest.raises(capsule.MetaError, match="cannot tell name, version"):

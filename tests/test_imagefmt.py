@@ -19,8 +19,10 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from perceus.imagefmt import cpio, image
+from perceus.common import newc
+from perceus.imagefmt import image
 from perceus.imagefmt.image import Chunk, ImageError, build_archive, extract, iter_frames, pack_tree, verify
+from perceus.imagefmt.image.plan import Planner, plan_tree
 from perceus.native import cpiopack
 
 KiB = 1 << 10
@@ -160,8 +162,8 @@ def test_default_chunk_size_round_trip(tree: Path, tmp_path: Path):
 def test_streamed_big_chunk_round_trip(tree: Path, tmp_path: Path, monkeypatch):
     """A chunk above the streaming threshold is built piece by piece and compressed by zstd's
     workers as one frame: same archive, same round trip."""
-    monkeypatch.setattr(image, "STREAM_OVER", 0)
-    monkeypatch.setattr(image, "STREAM_PIECE", 10_000)
+    monkeypatch.setattr(image.pack, "STREAM_OVER", 0)
+    monkeypatch.setattr(image.compress, "STREAM_PIECE", 10_000)
     rng = random.Random(5)
     (tree / "huge.bin").write_bytes(_text(rng, 5 * CHUNK) + rng.randbytes(5 * CHUNK))
     os.utime(tree / "huge.bin", (MTIME, MTIME))
@@ -215,9 +217,9 @@ def test_chunks_are_complete_archives_and_contiguous(tree: Path):
     for raw in archives:
         assert raw.endswith(b"TRAILER!!!\0\0\0\0")
         assert len(raw) % 4 == 0
-        total += len(cpio.read_entries(raw))  # strict: exactly one archive, nothing after
+        total += len(newc.read_entries(raw))  # strict: exactly one archive, nothing after
     assert total == result.entries
-    names = [e.name for e in cpio.read_entries(archives[0])]
+    names = [e.name for e in newc.read_entries(archives[0])]
     assert names[0] == b"."
 
 
@@ -225,7 +227,7 @@ def test_directories_come_before_their_contents(tree: Path):
     data, result = pack(tree)
     seen: set[bytes] = set()
     for raw in archives_of(data, result.chunks):
-        for e in cpio.read_entries(raw):
+        for e in newc.read_entries(raw):
             parent = e.name.rpartition(b"/")[0] or b"."
             assert e.name == b"." or parent in seen, e.name
             seen.add(e.name)
@@ -233,9 +235,9 @@ def test_directories_come_before_their_contents(tree: Path):
 
 def test_hard_link_groups_stay_in_one_chunk_with_data_on_the_last(tree: Path):
     data, result = pack(tree)
-    where: dict[bytes, tuple[int, cpio.Entry]] = {}
+    where: dict[bytes, tuple[int, newc.Entry]] = {}
     for i, raw in enumerate(archives_of(data, result.chunks)):
-        for e in cpio.read_entries(raw):
+        for e in newc.read_entries(raw):
             where[e.name] = (i, e)
     group = [b"a/three", b"hl/one", b"hl/two"]
     chunk_ids = {where[n][0] for n in group}
@@ -243,7 +245,7 @@ def test_hard_link_groups_stay_in_one_chunk_with_data_on_the_last(tree: Path):
     entries = [where[n][1] for n in group]
     assert {e.ino for e in entries} == {entries[0].ino} and all(e.nlink == 3 for e in entries)
     i = chunk_ids.pop()
-    members = [e for e in cpio.read_entries(archives_of(data, result.chunks)[i]) if e.name in group]
+    members = [e for e in newc.read_entries(archives_of(data, result.chunks)[i]) if e.name in group]
     assert [e.filesize for e in members][:-1] == [0, 0] and members[-1].data == (tree / "hl/one").read_bytes()
     dev = [where[b"null"], where[b"null-again"]]
     assert dev[0][0] == dev[1][0] and dev[0][1].ino == dev[1][1].ino and dev[0][1].nlink == 2
@@ -267,7 +269,7 @@ def test_hard_link_groups_never_span_chunks_on_random_trees(tmp_path: Path):
     data, result = pack(root, chunk_size=4 * KiB)
     by_inode: dict[int, set[int]] = {}
     for i, raw in enumerate(archives_of(data, result.chunks)):
-        for e in cpio.read_entries(raw):
+        for e in newc.read_entries(raw):
             if stat.S_ISREG(e.mode):
                 ino = os.lstat(root / e.name.decode()).st_ino
                 by_inode.setdefault(ino, set()).add(i)
@@ -279,7 +281,7 @@ def test_hard_link_groups_never_span_chunks_on_random_trees(tmp_path: Path):
 def test_file_bigger_than_chunk_gets_its_own_chunk(tree: Path):
     data, result = pack(tree)
     for c, raw in zip(result.chunks, archives_of(data, result.chunks), strict=True):
-        names = [e.name for e in cpio.read_entries(raw)]
+        names = [e.name for e in newc.read_entries(raw)]
         if b"big.bin" in names:
             assert names == [b"big.bin"]
             assert c.usize > CHUNK
@@ -315,7 +317,7 @@ def test_symlink_over_replaces_a_subtree(tree: Path, tmp_path: Path):
     extract(io.BytesIO(data), result.chunks, dest)
     assert os.readlink(dest / "a" / "b") == "/mnt/hybrid/a/b"
     assert (dest / "a" / "b").is_symlink()
-    names = {e.name for raw in archives_of(data, result.chunks) for e in cpio.read_entries(raw)}
+    names = {e.name for raw in archives_of(data, result.chunks) for e in newc.read_entries(raw)}
     assert not any(n.startswith(b"a/b/") for n in names)
     assert os.readlink(dest / "opt" / "new" / "thing") == "/mnt/hybrid/thing"  # created, with parents
     assert stat.S_IMODE((dest / "opt" / "new").stat().st_mode) == 0o755
@@ -385,7 +387,7 @@ def test_file_too_large_for_newc_is_a_clear_error(tmp_path: Path):
     root = tmp_path / "r"
     root.mkdir()
     with open(root / "sparse.img", "wb") as f:
-        f.truncate(cpio.MAX_NEWC_FILESIZE + 1)  # sparse: nothing is written
+        f.truncate(newc.MAX_NEWC_FILESIZE + 1)  # sparse: nothing is written
     with pytest.raises(ImageError, match=r"sparse\.img: 4294967296 bytes is too large for cpio newc"):
         pack(root)
 
@@ -432,7 +434,7 @@ def test_overlay_archive_applies_after_the_image(tree: Path, tmp_path: Path):
     assert overlay == build_archive(
         {"etc/fstab": (b"new\n", 0o600), "root/.ssh/authorized_keys": (b"ssh-ed25519 AAAA\n", 0o600),
          "etc/hostname": (b"n0001\n", 0o644)})  # fmt: skip
-    entries = cpio.read_entries(zstandard.ZstdDecompressor().decompress(overlay))
+    entries = newc.read_entries(zstandard.ZstdDecompressor().decompress(overlay))
     assert [e.name for e in entries] == [b"etc", b"etc/fstab", b"etc/hostname", b"root", b"root/.ssh",
                                          b"root/.ssh/authorized_keys"]  # fmt: skip
     assert [oct(e.mode) for e in entries][:2] == ["0o40755", "0o100600"]
@@ -486,9 +488,9 @@ def reference_archive(entries: list[tuple]) -> bytes:
         if data is None:
             data = Path(os.fsdecode(path)).read_bytes() if path is not None else b""
         assert len(data) == size
-        cpio.write_entry(out, name, mode=mode, ino=ino, uid=uid, gid=gid, nlink=nlink, mtime=mtime,
+        newc.write_entry(out, name, mode=mode, ino=ino, uid=uid, gid=gid, nlink=nlink, mtime=mtime,
                          rdevmajor=rmaj, rdevminor=rmin, data=data)  # fmt: skip
-    cpio.write_trailer(out)
+    newc.write_trailer(out)
     return bytes(out)
 
 
@@ -523,8 +525,8 @@ def test_native_writer_matches_reference_writer(tmp_path: Path, seed: int):
     rng = random.Random(seed)
     root = tmp_path / "r"
     random_tree(root, rng)
-    planner = image._Planner(rng.choice([2 * KiB, 8 * KiB, 64 * KiB]))
-    plans = [p for ready in image._plan_tree(os.fsencode(root), planner, {}, {}, None) for p in ready]
+    planner = Planner(rng.choice([2 * KiB, 8 * KiB, 64 * KiB]))
+    plans = [p for ready in plan_tree(os.fsencode(root), planner, {}, {}, None) for p in ready]
     assert plans
     for entries, usize in plans:
         native = cpiopack.build_chunk(entries)
@@ -541,7 +543,7 @@ def test_native_writer_reports_vanished_and_changed_files(tmp_path: Path):
     path = tmp_path / "f"
     path.write_bytes(b"12345")
     entry = (b"f", 0o100644, 0, 0, 1, 0, 1, 0, 0, 5, os.fsencode(path), None)
-    assert cpio.read_entries(cpiopack.build_chunk([entry]))[0].data == b"12345"
+    assert newc.read_entries(cpiopack.build_chunk([entry]))[0].data == b"12345"
     path.write_bytes(b"123")
     with pytest.raises(ValueError, match="f: file changed size while packing"):
         cpiopack.build_chunk([entry])
@@ -571,16 +573,16 @@ def test_pack_reports_a_file_changed_during_packing(tree: Path, monkeypatch):
         pack(tree)
 
 
-def test_reference_reader_round_trips_the_construct_header():
+def test_reference_reader_round_trips_the_header():
     raw = bytearray()
-    cpio.write_entry(raw, "dev/null", mode=stat.S_IFCHR | 0o666, ino=9, uid=1, gid=2, mtime=3,
+    newc.write_entry(raw, "dev/null", mode=stat.S_IFCHR | 0o666, ino=9, uid=1, gid=2, mtime=3,
                      rdevmajor=1, rdevminor=3)  # fmt: skip
-    cpio.write_entry(raw, b"x", mode=stat.S_IFREG | 0o644, data=b"abc", nlink=1)
-    cpio.write_trailer(raw)
-    header = cpio.NEWC_HEADER.parse(bytes(raw[:110]))
+    newc.write_entry(raw, b"x", mode=stat.S_IFREG | 0o644, data=b"abc", nlink=1)
+    newc.write_trailer(raw)
+    header = newc.parse_header(bytes(raw[:110]))
     assert (header.ino, header.rdevmajor, header.rdevminor, header.namesize) == (9, 1, 3, 9)
-    assert cpio.NEWC_HEADER.build(header) == bytes(raw[:110])
-    a, b = cpio.read_entries(bytes(raw))
+    assert header.encode() == bytes(raw[:110])
+    a, b = newc.read_entries(bytes(raw))
     assert (a.name, a.uid, a.gid, a.mtime) == (b"dev/null", 1, 2, 3)
     assert b.data == b"abc" and len(raw) % 4 == 0
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from perceus.imagefmt import cpio
+from perceus.common import newc
 from perceus.imagefmt.image import Chunk, ImageError, extract, iter_frames, pack_tree, verify
 
 REG = stat.S_IFREG | 0o644
@@ -27,9 +27,9 @@ def archive(*entries: dict, trailer: bool = True) -> bytes:
     out = bytearray()
     for i, e in enumerate(entries):
         e = dict(e)
-        cpio.write_entry(out, e.pop("name"), ino=e.pop("ino", i + 1), **e)
+        newc.write_entry(out, e.pop("name"), ino=e.pop("ino", i + 1), **e)
     if trailer:
-        cpio.write_trailer(out)
+        newc.write_trailer(out)
     return bytes(out)
 
 

@@ -55,7 +55,7 @@ def test_kernel_boots_packed_image_with_overlay(tmp_path: Path, monkeypatch):
     os.chmod(root / "data" / "secret", 0o600)
     (root / "etc" / "hostname").write_bytes(b"image\n")
 
-    monkeypatch.setattr(image, "STREAM_OVER", 0)  # chunks over 4 * chunk_size go the streaming way
+    monkeypatch.setattr(image.pack, "STREAM_OVER", 0)  # chunks over 4 * chunk_size go the streaming way
     initrd = tmp_path / "initrd"
     with open(initrd, "wb") as f:
         result = image.pack_tree(root, f, chunk_size=16 << 10, threads=2)

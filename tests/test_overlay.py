@@ -8,14 +8,15 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from perceus.imagefmt import cpio, image
+from perceus.common import newc
+from perceus.imagefmt import image
 from perceus.server import overlay
 from perceus.server.errors import PerceusError
 
 
-def entries(archive: bytes) -> dict[str, cpio.Entry]:
+def entries(archive: bytes) -> dict[str, newc.Entry]:
     raw = zstandard.ZstdDecompressor().decompress(archive)
-    return {e.name.decode(): e for e in cpio.iter_entries(io.BytesIO(raw))}
+    return {e.name.decode(): e for e in newc.iter_entries(io.BytesIO(raw))}
 
 
 def test_build_archive_directories_symlinks_and_existing_parents() -> None:

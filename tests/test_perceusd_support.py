@@ -14,7 +14,7 @@ from pathlib import Path
 
 from test_capsule import make_tree
 
-from perceus.imagefmt import cpio
+from perceus.common import newc
 from perceus.server.config import Settings
 from perceus.server.daemon import Options
 from perceus.server.paths import Paths
@@ -236,12 +236,12 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def overlay_entries(overlay: bytes) -> dict[str, cpio.Entry]:
+def overlay_entries(overlay: bytes) -> dict[str, newc.Entry]:
     """The entries of an overlay: one zstd frame of one cpio archive."""
     import zstandard
 
     raw = zstandard.ZstdDecompressor().decompress(overlay)
-    return {e.name.decode(): e for e in cpio.iter_entries(io.BytesIO(raw))}
+    return {e.name.decode(): e for e in newc.iter_entries(io.BytesIO(raw))}
 
 
 async def wait_until(check, what: str, timeout: float = STEP):

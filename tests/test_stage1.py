@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from perceus.common.newc import write_tree
 from perceus.stage1 import fetch
 from perceus.stage1.boot import assemble_initrd, initrd_sinks, kernel_cmdline, kexec_boot
 from perceus.stage1.cmdline import BootOptions, Master, parse_cmdline, parse_master, parse_masters
 from perceus.stage1.facts import gather_facts, random_mac, simulated_facts
 from perceus.stage1.fetch import ChecksumError, DiscardSink, Download, ObjectFetch
 from perceus.stage1.netup import modules_to_load, parse_aliases, parse_deps
-from perceus.stage1.newc import write_tree
 from perceus.stage1.nodeconf import DEFAULT_INTERVAL, parse_node_conf
 from perceus.stage1.protocol import ChunkEntry, Hello, ImageOffer, ObjectKind, encode_message
 
@@ -457,18 +457,18 @@ def test_simulate_mode_loads_neither_pyroute2_nor_native():
 
 
 def _newc(*entries: tuple[str, int, bytes], trailer: bool = True) -> bytes:
-    from perceus.imagefmt import cpio
+    from perceus.common import newc
 
     out = bytearray()
     for ino, (name, mode, data) in enumerate(entries, 1):
-        cpio.write_entry(out, name, mode=mode, data=data, ino=ino, mtime=1_000_000)
+        newc.write_entry(out, name, mode=mode, data=data, ino=ino, mtime=1_000_000)
     if trailer:
-        cpio.write_trailer(out)
+        newc.write_trailer(out)
     return bytes(out)
 
 
 def test_newc_extract_round_trip_with_write_tree(tmp_path):
-    from perceus.stage1.newc import extract
+    from perceus.stage1.simulate import unpack_archive as extract
 
     src = tmp_path / "src"
     (src / "etc" / "perceus").mkdir(parents=True)
@@ -490,7 +490,7 @@ def test_newc_extract_round_trip_with_write_tree(tmp_path):
 
 
 def test_newc_extract_replaces_makes_parents_and_never_writes_through_links(tmp_path):
-    from perceus.stage1.newc import extract
+    from perceus.stage1.simulate import unpack_archive as extract
 
     dest = tmp_path / "root"
     (dest / "etc").mkdir(parents=True)
@@ -518,7 +518,8 @@ def test_newc_extract_replaces_makes_parents_and_never_writes_through_links(tmp_
     ["/etc/passwd", "../escape", "etc/../../escape", "out/escape"],
 )
 def test_newc_extract_refuses_paths_leaving_the_root(tmp_path, name):
-    from perceus.stage1.newc import NewcError, extract
+    from perceus.common.newc import NewcError
+    from perceus.stage1.simulate import unpack_archive as extract
 
     dest = tmp_path / "root"
     dest.mkdir()
@@ -529,7 +530,7 @@ def test_newc_extract_refuses_paths_leaving_the_root(tmp_path, name):
 
 
 def test_newc_extract_follows_symlinks_that_stay_inside(tmp_path):
-    from perceus.stage1.newc import extract
+    from perceus.stage1.simulate import unpack_archive as extract
 
     dest = tmp_path / "root"
     (dest / "usr" / "lib").mkdir(parents=True)
@@ -539,7 +540,8 @@ def test_newc_extract_follows_symlinks_that_stay_inside(tmp_path):
 
 
 def test_newc_extract_truncated_or_corrupt_archives_are_errors(tmp_path):
-    from perceus.stage1.newc import MAX_NAME_SIZE, NewcError, extract
+    from perceus.common.newc import MAX_NAME_SIZE, NewcError
+    from perceus.stage1.simulate import unpack_archive as extract
 
     good = _newc(("etc/a", 0o100644, b"a" * 100), ("etc/b", 0o100644, b"b"))
     cases = {

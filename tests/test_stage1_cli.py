@@ -18,11 +18,11 @@ def real_overlay() -> bytes:
     """An overlay as perceusd sends it: one zstd frame of one newc archive (node.conf)."""
     import zstandard
 
-    from perceus.imagefmt import cpio
+    from perceus.common import newc
 
     archive = bytearray()
-    cpio.write_entry(archive, "etc/perceus/node.conf", mode=0o100644, data=b'NODENAME="n0000"\n')
-    cpio.write_trailer(archive)
+    newc.write_entry(archive, "etc/perceus/node.conf", mode=0o100644, data=b'NODENAME="n0000"\n')
+    newc.write_trailer(archive)
     return zstandard.ZstdCompressor().compress(bytes(archive))
 
 

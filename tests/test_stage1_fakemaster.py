@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import zstandard
 
-from perceus.imagefmt import cpio
+from perceus.common import newc
 from perceus.stage1.protocol import (
     CLOSED,
     NEED_DATA,
@@ -44,8 +44,8 @@ def make_chunks(rng: random.Random, sizes: list[int]) -> list[bytes]:
 def _default_overlay() -> bytes:
     """A real overlay (one zstd frame of one newc archive), as perceusd sends: simulated nodes unpack it."""
     archive = bytearray()
-    cpio.write_entry(archive, "etc/perceus/node.conf", mode=0o100644, data=b'NODENAME="n0000"\n')
-    cpio.write_trailer(archive)
+    newc.write_entry(archive, "etc/perceus/node.conf", mode=0o100644, data=b'NODENAME="n0000"\n')
+    newc.write_trailer(archive)
     return zstandard.ZstdCompressor().compress(bytes(archive))
 
 

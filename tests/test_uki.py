@@ -16,7 +16,7 @@ import pytest
 from ovmf import boot_uki
 
 from perceus.buildroot import uki
-from perceus.imagefmt.cpio import write_entry, write_trailer
+from perceus.common.newc import write_entry, write_trailer
 
 KERNEL = Path(__file__).resolve().parents[1] / ".cache" / "debian-kernel" / "root" / "boot" / "vmlinuz"
 BUSYBOX = Path("/bin/busybox")

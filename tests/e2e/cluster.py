@@ -21,7 +21,7 @@ from pathlib import Path
 import zstandard
 from lab import Lab
 
-from perceus.stage1.newc import extract
+from perceus.stage1.simulate import unpack_archive
 
 ROOT = Path(__file__).resolve().parents[2]
 KERNEL_ROOT = ROOT / ".cache" / "debian-kernel" / "root"
@@ -82,7 +82,7 @@ def runtime_capsule(stage1: Path, work: Path) -> Path:
     """The end-to-end VNFS, built from the stage-one initramfs's own files."""
     root = work / "runtime-root"
     with zstandard.ZstdDecompressor().stream_reader(stage1.open("rb")) as raw:
-        extract(raw, root)
+        unpack_archive(raw, root)
     (root / "init").write_text(RUNTIME_INIT)
     (root / "init").chmod(0o755)
     (root / "etc" / "perceus" / "masterip").unlink(missing_ok=True)

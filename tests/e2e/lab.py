@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from perceus.imagefmt import cpio
+from perceus.common import newc
 
 COMMAND_TIMEOUT = 30
 STOP_TIMEOUT = 10
@@ -465,8 +465,8 @@ def busybox_initramfs(path: Path, init: str, files: dict[str, bytes] | None = No
         entries.append(("/".join(parts), stat.S_IFREG | 0o755, data, (0, 0)))
     archive = bytearray()
     for ino, (name, mode, data, rdev) in enumerate(entries, 1):
-        cpio.write_entry(archive, name, mode=mode, data=data, ino=ino, rdevmajor=rdev[0], rdevminor=rdev[1])
-    cpio.write_trailer(archive)
+        newc.write_entry(archive, name, mode=mode, data=data, ino=ino, rdevmajor=rdev[0], rdevminor=rdev[1])
+    newc.write_trailer(archive)
     subprocess.run(
         ["zstd", "-q", "-19", "-f", "-o", str(path)], input=archive, check=True, timeout=COMMAND_TIMEOUT
     )
