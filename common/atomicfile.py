@@ -14,7 +14,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["atomic_copy", "atomic_write", "beside", "exchange", "fsync_dir", "replace_tree", "replacing"]
+__all__ = [
+    "atomic_copy",
+    "atomic_write",
+    "beside",
+    "exchange",
+    "fsync_dir",
+    "remove_path",
+    "replace_tree",
+    "replacing",
+    "sync_filesystem",
+]
 
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
@@ -27,6 +37,21 @@ def fsync_dir(path: os.PathLike | str) -> None:
         os.fsync(dirfd)
     finally:
         os.close(dirfd)
+
+
+def sync_filesystem(path: os.PathLike | str) -> None:
+    """Make everything written to the filesystem holding ``path`` durable: syncfs(2), for a
+    tree of too many files to fsync one by one (``os.sync()`` where libc has no syncfs)."""
+    try:
+        syncfs = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        syncfs = None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if syncfs is None or syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
 
 
 @contextmanager
@@ -115,7 +140,9 @@ def exchange(a: os.PathLike | str, b: os.PathLike | str) -> bool:
     raise OSError(code, os.strerror(code), str(b))
 
 
-def _remove(path: Path) -> None:
+def remove_path(path: os.PathLike | str) -> None:
+    """Remove ``path``, a directory tree or anything else; gone already is fine."""
+    path = Path(path)
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
     else:
@@ -150,4 +177,4 @@ def replace_tree(new: os.PathLike | str, target: os.PathLike | str) -> None:
             raise
     fsync_dir(target.parent)
     if old is not None:
-        _remove(old)
+        remove_path(old)

@@ -7,6 +7,8 @@ over a read-only NFS mount, and the image's ``etc/fstab`` gets that mount line.
 Layout (master side / node side)::
 
     <statedir>/vnfs/<NAME>/hybrid/<relpath>            real content, staged by stage()
+                                                       (``hybrid`` links to the current
+                                                       ``hybrid.<token>``: see vnfs.py)
     <mount_point>/vnfs/<NAME>/hybrid/<relpath>         what the image's symlink names
     <master>:<statedir>/vnfs <mount_point>/vnfs nfs ro,nolock,soft 0 0   the line in etc/fstab
 
@@ -35,7 +37,7 @@ import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from perceus.common.atomicfile import replace_tree
+from perceus.common.atomicfile import replace_tree, sync_filesystem
 from perceus.imagefmt.tree import resolve_in_root
 from perceus.server import listfile
 from perceus.server.errors import PerceusError
@@ -283,13 +285,14 @@ def ensure_mount_point(root: Path, mount_point: str) -> None:
         done = child
 
 
-class _Copier:
-    """Hard-links files from the tree into the staging dir, copying once links cross devices."""
+class Copier:
+    """Copies subtrees with modes, owners, times and hard links kept; with ``link``, hard-links
+    files instead (the staging dir from the tree), copying once links cross devices."""
 
-    def __init__(self, root: Path, dest: Path) -> None:
+    def __init__(self, root: Path, dest: Path, link: bool = True) -> None:
         self.root = root
         self.dest = dest
-        self.link = True
+        self.link = link
         self.copied: dict[tuple[int, int], Path] = {}  # keeps hard links together when copying
 
     def tree(self, rel: str, top: str) -> None:
@@ -365,7 +368,7 @@ def stage(root: Path, symlink_over: Mapping[str, str], dest_hybrid_dir: Path) ->
     building = Path(tempfile.mkdtemp(prefix=f".{dest.name}.new-", dir=dest.parent))
     try:
         os.chmod(building, 0o755)
-        copier = _Copier(root, building)
+        copier = Copier(root, building)
         for rel in sorted(symlink_over):
             parts = rel.split("/")
             if rel.startswith("/") or not rel or any(p in ("", ".", "..") for p in parts):
@@ -383,6 +386,7 @@ def stage(root: Path, symlink_over: Mapping[str, str], dest_hybrid_dir: Path) ->
             for depth in range(len(parts) - 1, 0, -1):
                 ancestor = "/".join(parts[:depth])
                 copier.metadata(building / ancestor, os.lstat(root / ancestor))
+        sync_filesystem(building)  # durable before anything names it: files are often only linked
         replace_tree(building, dest)
     except BaseException:
         if building.exists():
