@@ -1,9 +1,9 @@
 """The VNFS files a session offers and streams, opened once and checked against the manifest.
 
-:func:`open_offer` opens the image and kernel so a VNFS replaced mid-transfer keeps serving
-the bytes that were offered; their sha256s and the image's directory set are memoised per
-file version (:class:`perceus.server.perceusd.memo.Memo`), and :func:`warm` fills those memos
-for every imported VNFS when perceusd starts or reloads.
+:func:`open_offer` opens the image (the file the manifest names) and kernel so a VNFS
+replaced mid-transfer keeps serving the bytes that were offered; their sha256s and the
+image's directory set are memoised per file version (:class:`perceus.server.perceusd.memo.Memo`),
+and :func:`warm` fills those memos for every imported VNFS when perceusd starts or reloads.
 """
 
 import asyncio
@@ -51,6 +51,7 @@ class OpenVnfs:
 
     vnfs: vnfs_mod.Vnfs
     image: BinaryIO
+    image_path: Path  # the file the manifest named when it was opened
     image_size: int
     image_sha256: str
     chunks: list[image.Chunk]
@@ -72,9 +73,10 @@ EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 async def open_offer(v: vnfs_mod.Vnfs, hashes: Memo) -> OpenVnfs:
     """Open the VNFS's image and kernel and check the image against its manifest.
 
-    The image is opened before the manifest is read and its sha256 (cached per file
-    version) must match the manifest's: a VNFS being replaced renames the image first and
-    the manifest last, so a mismatch means "caught in between" and is tried again.
+    The image is the file the manifest names (see ``vnfs.open_image``), and its sha256
+    (cached per file version) must match the manifest's. A mismatch means a damaged image,
+    or one caught being migrated from the plain ``image`` file of the old layout, and is
+    tried again.
     """
     for attempt in range(3):
         opened = await asyncio.to_thread(_open_files, v)
@@ -95,19 +97,15 @@ async def open_offer(v: vnfs_mod.Vnfs, hashes: Memo) -> OpenVnfs:
             raise
         opened.close()
         await asyncio.sleep(0.05 * (attempt + 1))
-    raise PerceusError("the VNFS image does not match its manifest (being replaced?)", str(v.image_path))
+    raise PerceusError("the VNFS image does not match its manifest (being replaced?)", str(opened.image_path))
 
 
 def _open_files(v: vnfs_mod.Vnfs) -> OpenVnfs:
     where = str(v.path)
-    try:
-        img = open(v.image_path, "rb")  # noqa: SIM115 - lives as long as the session
-    except OSError as exc:
-        raise PerceusError(f"cannot open the VNFS image: {exc.strerror}", str(v.image_path)) from exc
+    img, stored = vnfs_mod.open_image(v)  # lives as long as the session
     try:
         info = os.fstat(img.fileno())
-        member = vnfs_mod.image_member(v)
-        chunks = vnfs_mod.image_chunks(v)
+        member, chunks = stored.member, stored.chunks
         size, sha = member.get("size"), member.get("sha256")
         if not isinstance(size, int) or not isinstance(sha, str) or len(sha) != 64:
             raise PerceusError("the VNFS manifest's image entry has no size or sha256", str(v.manifest_path))
@@ -118,7 +116,9 @@ def _open_files(v: vnfs_mod.Vnfs) -> OpenVnfs:
     except BaseException:
         img.close()
         raise
-    return OpenVnfs(v, img, size, sha, chunks, kernel, ksize, EMPTY_SHA256, args, file_version(info))
+    return OpenVnfs(
+        v, img, stored.path, size, sha, chunks, kernel, ksize, EMPTY_SHA256, args, file_version(info)
+    )
 
 
 def _open_kernel(path: Path) -> tuple[BinaryIO | None, int]:
