@@ -132,5 +132,5 @@ def delete_confirmed(app: App, nodes: list[Node], where: str) -> None:
         count = app.db.delete_nodes(n.nodeid for n in nodes)
     from perceus.server.netservices import pxelinux
 
-    pxelinux.set_boot(app.paths.tftp_dir, [n.nodeid for n in nodes], "default", where)  # their boot files too
+    pxelinux.sync_boot_files(app.paths.tftp_dir, app.db.nodes(), app.warn, [n.nodeid for n in nodes])
     app.info(f"'{count}' nodes have been deleted")

@@ -148,11 +148,11 @@ def replace(app: App, old: str, new: str) -> None:
         node_rows([old_node, new_node]),
         where,
     )
-    with app.db.transaction():
+    boot = pxelinux.boot_follows(app.paths.tftp_dir, app.db, old_node, new_node, app.warn)
+    with boot, app.db.transaction():
         if app.db.node(old_node.nodeid) is None or app.db.node(new_node.nodeid) is None:
             raise PerceusError("a node changed while you were asked; nothing replaced", where)
         app.db.replace_node(old_node.nodeid, new_node.nodeid)
-    pxelinux.move_boot(app.paths.tftp_dir, old_node.nodeid, new_node.nodeid)
     app.info(f"Node '{old_node.hostname}' has been replaced.")
 
 

@@ -5,14 +5,22 @@ to ``pxelinux.cfg/default``; a node's own file is how ``perceus node set boot`` 
 to its local disk or explicitly to stage one. Per-node files start with a marker line
 naming their choice, so ``perceus configure tftp`` can rewrite the ``perceus`` ones when
 the master's address or the kernel arguments change.
+
+``node delete`` and ``node replace`` commit the database first; the files then follow from
+what it holds (:func:`sync_boot_files`), so a failure in between is mended by running it again.
 """
 
-import os
+import json
 import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from perceus.common.atomicfile import fsync_dir
+from perceus.server.db import Database, Node
 from perceus.server.errors import InvalidRequest, PerceusError
+from perceus.server.macaddr import parse_mac
 from perceus.server.netservices.files import install_text, remove
 
 KERNEL = "perceus/vmlinuz"
@@ -145,11 +153,115 @@ def refresh_nodes(tftp_root: Path) -> int:
     return count
 
 
-def move_boot(tftp_root: Path, old_nodeid: str, new_nodeid: str) -> None:
-    """A node's own boot choice follows it to new hardware (``node replace``)."""
-    old, new = mac_file(tftp_root, old_nodeid), mac_file(tftp_root, new_nodeid)
-    if node_choice(old) is not None:
-        os.replace(old, new)
-        fsync_dir(new.parent)
-    elif node_choice(new) is not None:
-        remove(new)  # the identity had the default: the new hardware gets it too
+# -- following the database ------------------------------------------------------------
+
+# pxelinux.cfg/.replace-01-<new mac>.json: a node replace's boot choice until it has moved.
+PENDING = ".replace-"
+
+
+@dataclass(frozen=True)
+class BootMove:
+    """A node's own boot choice on its way to new hardware (``node replace``)."""
+
+    old: str  # the MAC the identity leaves
+    new: str  # the MAC it goes to
+    hostname: str  # the identity: what the database holds at ``new`` once the replace committed
+    created: int
+    text: str | None  # the old MAC's own file (one of ours), None for the default
+
+    def committed(self, nodes: Mapping[str, Node]) -> bool:
+        there = nodes.get(self.new)
+        if self.old in nodes or there is None:
+            return False
+        return (there.hostname, there.created) == (self.hostname, self.created)
+
+
+def _own_text(path: Path) -> str | None:
+    """The file, if it is one of ours (its first line is the marker)."""
+    if node_choice(path) is None:
+        return None
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PerceusError(f"cannot read it: {exc}", str(path)) from None
+
+
+def _pending_file(tftp_root: Path, nodeid: str) -> Path:
+    return config_dir(tftp_root) / f"{PENDING}{mac_file(tftp_root, nodeid).name}.json"
+
+
+@contextmanager
+def boot_follows(
+    tftp_root: Path, db: Database, old: Node, new: Node, warn: Callable[[str], None]
+) -> Iterator[None]:
+    """Around ``node replace``'s transaction: OLD's own boot choice goes to NEW's MAC once it commits.
+
+    The move is written down beside the per-node files before the transaction (dropped if
+    it fails), so that if the files cannot follow right after the commit, the next
+    :func:`sync_boot_files` still moves it.
+    """
+    move = BootMove(
+        old.nodeid, new.nodeid, old.hostname, old.created, _own_text(mac_file(tftp_root, old.nodeid))
+    )
+    pending = _pending_file(tftp_root, new.nodeid)
+    needed = move.text is not None or node_choice(mac_file(tftp_root, new.nodeid)) is not None
+    if needed:
+        install_text(pending, json.dumps(asdict(move)) + "\n")
+    try:
+        yield
+    except BaseException:
+        if needed:
+            _warned(warn, remove, pending)  # if left, the next sync drops it: the replace did not commit
+        raise
+    if needed and _warned(warn, _apply, tftp_root, move):
+        _warned(warn, remove, pending)
+    sync_boot_files(tftp_root, db.nodes(), warn)
+
+
+def _apply(tftp_root: Path, move: BootMove) -> None:
+    target = mac_file(tftp_root, move.new)
+    if move.text is not None:
+        install_text(target, move.text)
+    elif node_choice(target) is not None:
+        remove(target)  # the identity had the default: the new hardware gets it too
+
+
+def _warned(warn: Callable[[str], None], step: Callable[..., None], *args: object) -> bool:
+    """Run one file step after a commit: a failure is a warning (the database is already the
+    truth) and the next sync tries again."""
+    try:
+        step(*args)
+    except (PerceusError, OSError) as exc:
+        warn(f"perceus: warning: {exc}; the next node delete or replace tries again")
+        return False
+    return True
+
+
+def sync_boot_files(
+    tftp_root: Path, nodes: Iterable[Node], warn: Callable[[str], None], forgotten: Iterable[str] = ()
+) -> None:
+    """Make the per-node files follow the committed database; idempotent, so safe to rerun.
+
+    A written-down replace moves its boot choice if the database shows it committed, else it
+    is dropped; files of ours for MACs the database no longer has go, and so do the files
+    of ``forgotten`` MACs, ours or not (the nodes a delete just removed).
+    """
+    directory = config_dir(tftp_root)
+    if not directory.is_dir():
+        return
+    known = {node.nodeid: node for node in nodes}
+    for pending in sorted(directory.glob(f"{PENDING}*")):
+        try:
+            move = BootMove(**json.loads(pending.read_text()))
+        except (OSError, ValueError, TypeError):
+            move = None  # unreadable: drop it, nothing can be known from it
+        if move is None or not move.committed(known) or _warned(warn, _apply, tftp_root, move):
+            _warned(warn, remove, pending)
+    for nodeid in forgotten:
+        if nodeid not in known:
+            _warned(warn, remove, mac_file(tftp_root, nodeid))
+    for path in sorted(directory.glob("01-*")):
+        nodeid = parse_mac(path.name[3:])
+        if nodeid is not None and nodeid not in known and node_choice(path) is not None:
+            _warned(warn, remove, path)
+    _warned(warn, fsync_dir, directory)  # the removals durable
