@@ -53,18 +53,18 @@ class DnsmasqConfig:
     ipv6_ra: bool = False
 
 
-def check_options(lease_time: str, domain: str | None, user: str | None, where: str) -> None:
+def check_options(lease_time: str, domain: str | None, user: str | None) -> None:
     """Usage errors for values dnsmasq would refuse, before anything is computed."""
     if not LEASE_TIME.match(lease_time):
         raise InvalidRequest(
-            f"--lease-time takes seconds with an optional s/m/h/d/w, or infinite, not {lease_time!r}", where
+            f"--lease-time takes seconds with an optional s/m/h/d/w, or infinite, not {lease_time!r}"
         )
     if lease_time.rstrip("smhdw").isdigit() and _seconds(lease_time) < 120:
-        raise InvalidRequest(f"--lease-time {lease_time}: dnsmasq's minimum is 2m", where)
+        raise InvalidRequest(f"--lease-time {lease_time}: dnsmasq's minimum is 2m")
     if domain is not None and not DOMAIN.match(domain):
-        raise InvalidRequest(f"--domain takes a DNS domain such as cluster.local, not {domain!r}", where)
+        raise InvalidRequest(f"--domain takes a DNS domain such as cluster.local, not {domain!r}")
     if user is not None and not USER.match(user):
-        raise InvalidRequest(f"--user takes a user name, not {user!r}", where)
+        raise InvalidRequest(f"--user takes a user name, not {user!r}")
 
 
 def _seconds(lease_time: str) -> int:
