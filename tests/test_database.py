@@ -13,6 +13,7 @@ from perceus.server.db import sqlite as sqlite_backend
 from perceus.server.db.sqlite import SCHEMA_VERSION, SQLiteDatabase
 from perceus.server.errors import PerceusError
 from perceus.server.paths import Paths
+from perceus.server.perceusd import checkins
 from perceus.server.registry import NewNode, add_nodes
 
 
@@ -184,3 +185,25 @@ def test_a_held_write_lock_is_busy(settings: Settings, db: SQLiteDatabase, monke
             pass
     finally:
         other.close()
+
+
+def test_the_checkin_writer_retries_only_a_busy_database(monkeypatch) -> None:
+    monkeypatch.setattr(checkins.time, "sleep", lambda seconds: None)
+    attempts = []
+
+    def busy_twice() -> str:
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise DatabaseBusy("cannot lock the node database: database is locked", "perceus.db")
+        return "done"
+
+    assert checkins.CheckinWriter._retry(busy_twice) == "done" and len(attempts) == 3
+    attempts.clear()
+
+    def refused() -> None:
+        attempts.append(1)
+        raise PerceusError("NodeID already exists")
+
+    with pytest.raises(PerceusError, match="already exists"):
+        checkins.CheckinWriter._retry(refused)
+    assert len(attempts) == 1
