@@ -45,7 +45,9 @@ def add(app: App, mac: str, name: str | None) -> None:
 def import_(app: App, dhcpd, ethers, csv_file) -> None:
     """Add many nodes in file order, in one transaction; MACs on standard input if no file."""
     given = [
-        (handle, form) for handle, form in ((dhcpd, "dhcpd"), (ethers, "ethers"), (csv_file, "csv")) if handle
+        (handle, form)
+        for handle, form in ((dhcpd, "dhcpd"), (ethers, "ethers"), (csv_file, "csv"))
+        if handle is not None
     ]
     if len(given) > 1:
         raise InvalidRequest("give one of --dhcpd, --ethers, --csv")
