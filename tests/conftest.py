@@ -188,3 +188,15 @@ def server_instance(tmp_path: Path) -> Iterator[ServerInstance]:
     instance = ServerInstance(paths)
     yield instance
     instance.close()
+
+
+class Warnings(list):
+    """A services' ``warn`` that keeps the (what, where) pairs it is given."""
+
+    def __call__(self, what: str, where: str | None) -> None:
+        self.append((what, where))
+
+
+@pytest.fixture
+def warn() -> Warnings:
+    return Warnings()

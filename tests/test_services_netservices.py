@@ -7,23 +7,12 @@ import pytest
 
 from perceus.server.errors import InvalidRequest, PerceusError
 from perceus.server.instance import Instance
+from perceus.server.netservices.dnsmasq import DnsmasqChoices
 from perceus.server.selection import NodeQuery
 from perceus.server.services import netservices, nodes
-from perceus.server.services.netservices import Change, DaemonEvent, DnsmasqOptions
+from perceus.server.services.netservices import Change, DaemonEvent
 
 MAC1, MAC2 = "52:54:00:AA:00:01", "52:54:00:AA:00:02"
-
-
-class Warnings(list):
-    """A ``warn`` that keeps (what, where) pairs."""
-
-    def __call__(self, what: str, where: str | None) -> None:
-        self.append((what, where))
-
-
-@pytest.fixture
-def warn() -> Warnings:
-    return Warnings()
 
 
 @pytest.fixture
@@ -31,16 +20,16 @@ def master(server_instance: Instance, tmp_path: Path, monkeypatch: pytest.Monkey
     """The instance with two nodes, its run and exports paths private."""
     monkeypatch.setenv("PERCEUS_RUNDIR", str(tmp_path / "run"))
     monkeypatch.setenv("PERCEUS_EXPORTS_FILE", str(tmp_path / "exports.d" / "perceus.exports"))
-    nodes.add(server_instance, MAC2, "login1", Warnings())
-    nodes.add(server_instance, MAC1, None, Warnings())
+    nodes.add(server_instance, MAC2, "login1", lambda what, where: None)
+    nodes.add(server_instance, MAC1, None, lambda what, where: None)
     return server_instance
 
 
 # ------------------------------------------------------------------------------ dnsmasq
 
 
-def test_the_plan_is_the_configuration_and_writes_nothing(master: Instance, warn: Warnings) -> None:
-    plan = netservices.plan_dnsmasq(master, DnsmasqOptions(user="dnsmasq"), warn)
+def test_the_plan_is_the_configuration_and_writes_nothing(master: Instance, warn: list) -> None:
+    plan = netservices.plan_dnsmasq(master, DnsmasqChoices(user="dnsmasq"), None, warn)
     assert not plan.path.exists() and warn == []
     assert [n.hostname for n in plan.nodes] == ["login1", "n0000"]  # listing order
     assert (str(plan.config.dhcp_range.start), str(plan.config.dhcp_range.end)) == (
@@ -57,30 +46,32 @@ def test_the_plan_is_the_configuration_and_writes_nothing(master: Instance, warn
     assert "dhcp-boot=tag:ipxe,pxelinux.0" in lines
 
 
-def test_the_plan_keeps_root_when_dnsmasq_could_not_read_its_files(master: Instance, warn: Warnings) -> None:
-    plan = netservices.plan_dnsmasq(master, DnsmasqOptions(), warn)  # pytest's tmp_path is closed to others
-    assert plan.config.user == "root"
+def test_the_plan_keeps_root_when_dnsmasq_could_not_read_its_files(master: Instance, warn: list) -> None:
+    plan = netservices.plan_dnsmasq(
+        master, DnsmasqChoices(), None, warn
+    )  # pytest's tmp_path is closed to others
+    assert plan.config.choices.user == "root"
     ((what, where),) = warn
     assert what.startswith("dnsmasq keeps running as root") and where is None
 
 
-def test_the_plan_takes_options_and_refuses_bad_ones(master: Instance, warn: Warnings) -> None:
-    chosen = DnsmasqOptions(dhcp_range="127.0.0.10,127.0.0.20", dns=False, ipxe=False, user="root")
-    lines = netservices.plan_dnsmasq(master, chosen, warn).text.splitlines()
+def test_the_plan_takes_options_and_refuses_bad_ones(master: Instance, warn: list) -> None:
+    chosen = DnsmasqChoices(dns=False, ipxe=False, user="root")
+    lines = netservices.plan_dnsmasq(master, chosen, "127.0.0.10,127.0.0.20", warn).text.splitlines()
     assert "dhcp-range=127.0.0.10,127.0.0.20,255.0.0.0,12h" in lines and "port=0" in lines
     assert "dhcp-boot=pxelinux.0" in lines
-    for options, words in [
-        (DnsmasqOptions(lease_time="60"), "minimum is 2m"),
-        (DnsmasqOptions(dhcp_range="127.0.0.20,127.0.0.10"), "START is above END"),
-        (DnsmasqOptions(domain="bad domain"), "--domain takes"),
+    for choices, dhcp_range, words in [
+        (DnsmasqChoices(lease_time="60"), None, "minimum is 2m"),
+        (DnsmasqChoices(), "127.0.0.20,127.0.0.10", "START is above END"),
+        (DnsmasqChoices(domain="bad domain"), None, "--domain takes"),
     ]:
         with pytest.raises(InvalidRequest, match=words) as caught:
-            netservices.plan_dnsmasq(master, options, warn)
+            netservices.plan_dnsmasq(master, choices, dhcp_range, warn)
         assert caught.value.path is None
 
 
-def test_writing_the_plan_reports_what_the_caller_should_know(master: Instance, warn: Warnings) -> None:
-    written = netservices.configure_dnsmasq(master, DnsmasqOptions(user="root"), warn)
+def test_writing_the_plan_reports_what_the_caller_should_know(master: Instance, warn: list) -> None:
+    written = netservices.configure_dnsmasq(master, DnsmasqChoices(user="root"), None, warn)
     assert written.plan.path.read_text() == written.plan.text
     assert written.addresses == 0  # no node has an address yet
     assert not written.tftp_ready and written.running is None
@@ -98,7 +89,7 @@ def test_etc_hosts_merge_names_the_file(master: Instance, tmp_path: Path) -> Non
     assert caught.value.path == str(damaged)
 
 
-def test_nfs_export_warns_about_another_method(master: Instance, warn: Warnings) -> None:
+def test_nfs_export_warns_about_another_method(master: Instance, warn: list) -> None:
     conf = master.paths.perceus_conf
     conf.write_text(conf.read_text() + "vnfs transfer method = http\n")
     written = netservices.export_vnfs(Instance(master.paths), warn)  # one that reads perceus.conf anew
@@ -142,7 +133,7 @@ class FakeDaemon:
         return pid
 
 
-def test_start_all_starts_in_order_and_leaves_running_ones(warn: Warnings) -> None:
+def test_start_all_starts_in_order_and_leaves_running_ones(warn: list) -> None:
     log: list = []
     daemons = [FakeDaemon("perceusd", log, pid=7), FakeDaemon("dnsmasq", log)]
     events = list(netservices.start_all(daemons, warn))
@@ -153,7 +144,7 @@ def test_start_all_starts_in_order_and_leaves_running_ones(warn: Warnings) -> No
     assert log == [("start", "dnsmasq")] and warn == []
 
 
-def test_a_failed_start_stops_what_this_start_started(warn: Warnings) -> None:
+def test_a_failed_start_stops_what_this_start_started(warn: list) -> None:
     log: list = []
     daemons = [FakeDaemon("perceusd", log), FakeDaemon("dnsmasq", log, refuses="start")]
     events = []
@@ -165,7 +156,7 @@ def test_a_failed_start_stops_what_this_start_started(warn: Warnings) -> None:
     assert [d.pid() for d in daemons] == [None, None] and warn == []
 
 
-def test_a_rollback_that_cannot_stop_warns_and_raises_the_first_failure(warn: Warnings) -> None:
+def test_a_rollback_that_cannot_stop_warns_and_raises_the_first_failure(warn: list) -> None:
     log: list = []
     running_before = FakeDaemon("other", log, pid=5)
     daemons = [
@@ -179,7 +170,7 @@ def test_a_rollback_that_cannot_stop_warns_and_raises_the_first_failure(warn: Wa
     assert warn == [("perceusd did not stop within 30 s (perceusd)", None)]
 
 
-def test_stop_all_tries_every_daemon_then_raises(warn: Warnings) -> None:
+def test_stop_all_tries_every_daemon_then_raises(warn: list) -> None:
     log: list = []
     daemons = [FakeDaemon("perceusd", log, pid=7), FakeDaemon("dnsmasq", log, refuses="stop")]
     events = []
@@ -193,7 +184,7 @@ def test_stop_all_tries_every_daemon_then_raises(warn: Warnings) -> None:
     ]
 
 
-def test_start_needs_a_dnsmasq_configuration_first(master: Instance, warn: Warnings) -> None:
+def test_start_needs_a_dnsmasq_configuration_first(master: Instance, warn: list) -> None:
     with pytest.raises(PerceusError, match="run 'perceus configure dnsmasq' first") as caught:
         list(netservices.start(master, warn))
     assert caught.value.path == str(master.paths.dnsmasq_conf)

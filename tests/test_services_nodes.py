@@ -14,20 +14,8 @@ from perceus.server.services import groups, nodes
 MACS = [f"52:54:00:00:00:{i:02X}" for i in range(6)]
 
 
-class Warnings(list):
-    """A ``warn`` that keeps (what, where) pairs."""
-
-    def __call__(self, what: str, where: str | None) -> None:
-        self.append((what, where))
-
-
-@pytest.fixture
-def warn() -> Warnings:
-    return Warnings()
-
-
 def populate(instance: Instance, count: int = 4) -> None:
-    nodes.import_nodes(instance, "\n".join(MACS[:count]), "<test>", "macs", Warnings())
+    nodes.import_nodes(instance, "\n".join(MACS[:count]), "<test>", "macs", lambda what, where: None)
 
 
 def names(found) -> list[str]:
@@ -40,7 +28,7 @@ def boot_tree(instance: Instance) -> None:
     install_text(default, pxelinux.render_default("masterip=10.0.0.1"))
 
 
-def test_add_names_from_defaults_or_as_given(server_instance: Instance, warn: Warnings) -> None:
+def test_add_names_from_defaults_or_as_given(server_instance: Instance, warn: list) -> None:
     first = nodes.add(server_instance, "52-54-00-00-00-aa", None, warn)
     named = nodes.add(server_instance, "5254000000bb", "login1", warn)
     assert (first.nodeid, first.hostname, first.group) == ("52:54:00:00:00:AA", "n0000", "cluster")
@@ -48,7 +36,7 @@ def test_add_names_from_defaults_or_as_given(server_instance: Instance, warn: Wa
     assert warn == []
 
 
-def test_add_refusals_name_no_place(server_instance: Instance, warn: Warnings) -> None:
+def test_add_refusals_name_no_place(server_instance: Instance, warn: list) -> None:
     nodes.add(server_instance, MACS[0], None, warn)
     for mac, name, kind, words in [
         ("52:54:00", None, InvalidRequest, "not a MAC address: '52:54:00'"),
@@ -62,13 +50,13 @@ def test_add_refusals_name_no_place(server_instance: Instance, warn: Warnings) -
     assert names(server_instance.db.nodes()) == ["n0000"]
 
 
-def test_add_warns_about_a_vnfs_not_imported(server_instance: Instance, warn: Warnings) -> None:
+def test_add_warns_about_a_vnfs_not_imported(server_instance: Instance, warn: list) -> None:
     server_instance.paths.defaults_conf.write_text("Vnfs Name = debian-12\n")
     nodes.add(server_instance, MACS[0], None, warn)
     assert warn == [("VNFS 'debian-12' is not imported yet", str(server_instance.paths.vnfs_dir))]
 
 
-def test_import_skips_known_macs_and_is_all_or_nothing(server_instance: Instance, warn: Warnings) -> None:
+def test_import_skips_known_macs_and_is_all_or_nothing(server_instance: Instance, warn: list) -> None:
     nodes.add(server_instance, MACS[1], None, warn)
     csv = f"mac,name\n{MACS[0]},c1\n{MACS[1]}\n{MACS[2]}\n"
     added = nodes.import_nodes(server_instance, csv, "nodes.csv", "csv", warn)
@@ -80,7 +68,7 @@ def test_import_skips_known_macs_and_is_all_or_nothing(server_instance: Instance
     assert len(server_instance.db.nodes()) == 3
 
 
-def test_select_by_names_ranges_globs_and_macs(server_instance: Instance, warn: Warnings) -> None:
+def test_select_by_names_ranges_globs_and_macs(server_instance: Instance, warn: list) -> None:
     populate(server_instance)
     assert names(nodes.select(server_instance, NodeQuery(), warn)) == ["n0000", "n0001", "n0002", "n0003"]
     chosen = nodes.select(server_instance, NodeQuery(("n000[1-2]", "n0003", "ghost")), warn)
@@ -95,7 +83,7 @@ def test_select_by_names_ranges_globs_and_macs(server_instance: Instance, warn: 
         nodes.select(server_instance, NodeQuery(("n0000",), by_nodeid=True), warn)
 
 
-def test_set_fields_and_their_warnings(server_instance: Instance, warn: Warnings) -> None:
+def test_set_fields_and_their_warnings(server_instance: Instance, warn: list) -> None:
     populate(server_instance)
     assert nodes.set_field(server_instance, "desc", "rack 1", NodeQuery(("n000*",)), warn) == 4
     assert {n.desc for n in server_instance.db.nodes()} == {"rack 1"}
@@ -114,7 +102,7 @@ def test_set_fields_and_their_warnings(server_instance: Instance, warn: Warnings
             nodes.set_field(server_instance, field, value, NodeQuery(("n0000",)), warn)
 
 
-def test_set_boot_writes_and_removes_per_node_files(server_instance: Instance, warn: Warnings) -> None:
+def test_set_boot_writes_and_removes_per_node_files(server_instance: Instance, warn: list) -> None:
     populate(server_instance, 2)
     with pytest.raises(PerceusError, match="run 'perceus configure tftp'"):
         nodes.set_field(server_instance, "boot", "local", NodeQuery(("n0000",)), warn)
@@ -127,7 +115,7 @@ def test_set_boot_writes_and_removes_per_node_files(server_instance: Instance, w
 
 
 def test_replace_plans_then_moves_the_identity_and_its_boot_file(
-    server_instance: Instance, warn: Warnings
+    server_instance: Instance, warn: list
 ) -> None:
     populate(server_instance, 3)
     boot_tree(server_instance)
@@ -147,7 +135,7 @@ def test_replace_plans_then_moves_the_identity_and_its_boot_file(
         nodes.plan_replace(server_instance, "n000*", "n0001", False, warn)
 
 
-def test_delete_takes_the_nodes_and_their_boot_files(server_instance: Instance, warn: Warnings) -> None:
+def test_delete_takes_the_nodes_and_their_boot_files(server_instance: Instance, warn: list) -> None:
     populate(server_instance, 3)
     boot_tree(server_instance)
     nodes.set_field(server_instance, "boot", "local", NodeQuery(), warn)
@@ -178,7 +166,7 @@ def test_live_status_matches_sessions_to_nodes() -> None:
     assert live.perceusd == {"active_sessions": 2} and live.timeout == 600
 
 
-def test_groups_select_set_and_rename(server_instance: Instance, warn: Warnings) -> None:
+def test_groups_select_set_and_rename(server_instance: Instance, warn: list) -> None:
     populate(server_instance, 4)
     nodes.set_field(server_instance, "group", "io", NodeQuery(("n0003",)), warn)
     chosen = groups.select(server_instance, ("clus*", "ghost"), warn)

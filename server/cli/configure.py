@@ -12,8 +12,8 @@ import click
 from perceus.server.cli.app import App, pass_app
 from perceus.server.cli.errors import PerceusGroup
 from perceus.server.cli.options import warner
+from perceus.server.netservices.dnsmasq import DnsmasqChoices
 from perceus.server.services import netservices
-from perceus.server.services.netservices import DnsmasqOptions
 
 
 @click.group(cls=PerceusGroup)
@@ -70,8 +70,7 @@ def configure_dnsmasq(
 
     Writes $SYSCONFDIR/dnsmasq.conf (checked with dnsmasq --test) and the hosts file it
     reads; run it again after adding nodes."""
-    options = DnsmasqOptions(
-        dhcp_range=dhcp_range,
+    choices = DnsmasqChoices(
         lease_time=lease_time,
         dns=not no_dns,
         domain=domain,
@@ -82,7 +81,7 @@ def configure_dnsmasq(
         ipv6_ra=ipv6_ra,
     )
     warn = warner(app)
-    written = netservices.configure_dnsmasq(app.instance, options, warn)
+    written = netservices.configure_dnsmasq(app.instance, choices, dhcp_range, warn)
     plan = written.plan
     chosen = plan.config.dhcp_range
     app.info(f"Wrote {plan.path}: {len(plan.nodes)} nodes, DHCP range {chosen.start}-{chosen.end}")

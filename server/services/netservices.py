@@ -6,6 +6,7 @@ again picks up new nodes. The daemons start all or nothing: if one cannot start,
 started by the same call are stopped again.
 """
 
+import dataclasses
 import ipaddress
 import os
 import signal
@@ -22,21 +23,6 @@ from perceus.server.netservices import daemons, dhcprange, dnsmasq, hosts, maste
 from perceus.server.selection import node_order
 
 # ------------------------------------------------------------------------------ dnsmasq
-
-
-@dataclass(frozen=True)
-class DnsmasqOptions:
-    """What an administrator may choose about dnsmasq; the rest comes from perceus.conf."""
-
-    dhcp_range: str | None = None  # "START,END"; None: the top of the master device's subnet
-    lease_time: str = "12h"
-    dns: bool = True
-    domain: str | None = None
-    ipxe: bool = True
-    log_dhcp: bool = False
-    log_file: Path | None = None
-    user: str | None = None  # None: dnsmasq's own user, or root if that could not read its files
-    ipv6_ra: bool = False
 
 
 @dataclass(frozen=True)
@@ -76,19 +62,26 @@ def _dnsmasq_user(paths: Sequence[Path], warn: Warn) -> str | None:
     return None
 
 
-def plan_dnsmasq(instance: Instance, options: DnsmasqOptions, warn: Warn) -> DnsmasqPlan:
-    """Check the options and build the configuration text; nothing is written."""
-    dnsmasq.check_options(options.lease_time, options.domain, options.user)
+def plan_dnsmasq(
+    instance: Instance, choices: dnsmasq.DnsmasqChoices, dhcp_range: str | None, warn: Warn
+) -> DnsmasqPlan:
+    """Check the choices and build the configuration text; nothing is written.
+
+    ``dhcp_range`` is "START,END", or None for the top of the master device's subnet. With no
+    user chosen, dnsmasq keeps root if its own user could not read the files it serves.
+    """
+    dnsmasq.check_choices(choices)
     settings = instance.settings
-    if options.dhcp_range is None:
+    if dhcp_range is None:
         found = master.require_interface(settings)
         chosen = dhcprange.default_range(found, settings.perceus.where("master network device"))
     else:
         found = master.interface(settings)
-        chosen = dhcprange.parse_range(options.dhcp_range, found)
+        chosen = dhcprange.parse_range(dhcp_range, found)
     nodes = _sorted_nodes(instance)
     tftp_root, hostsfile = instance.paths.tftp_dir.absolute(), master.hosts_file(settings).absolute()
-    user = options.user if options.user is not None else _dnsmasq_user((tftp_root, hostsfile), warn)
+    user = choices.user if choices.user is not None else _dnsmasq_user((tftp_root, hostsfile), warn)
+    log_file = choices.log_file.absolute() if choices.log_file else None
     config = dnsmasq.DnsmasqConfig(
         device=master.device(settings),
         dhcp_range=chosen,
@@ -97,14 +90,7 @@ def plan_dnsmasq(instance: Instance, options: DnsmasqOptions, warn: Warn) -> Dns
         leasefile=master.leases_file(settings).absolute(),
         pidfile=master.dnsmasq_pidfile().absolute(),
         hostsfile=hostsfile,
-        lease_time=options.lease_time,
-        dns=options.dns,
-        domain=options.domain,
-        ipxe=options.ipxe,
-        log_dhcp=options.log_dhcp,
-        log_file=options.log_file.absolute() if options.log_file else None,
-        user=user,
-        ipv6_ra=options.ipv6_ra,
+        choices=dataclasses.replace(choices, user=user, log_file=log_file),
     )
     return DnsmasqPlan(instance.paths.dnsmasq_conf, config, nodes, dnsmasq.render(config, nodes))
 
@@ -121,9 +107,11 @@ def write_dnsmasq(instance: Instance, plan: DnsmasqPlan) -> DnsmasqWritten:
     )
 
 
-def configure_dnsmasq(instance: Instance, options: DnsmasqOptions, warn: Warn) -> DnsmasqWritten:
+def configure_dnsmasq(
+    instance: Instance, choices: dnsmasq.DnsmasqChoices, dhcp_range: str | None, warn: Warn
+) -> DnsmasqWritten:
     """dnsmasq.conf for DHCP, TFTP and DNS, and its hosts file: the plan, then written."""
-    return write_dnsmasq(instance, plan_dnsmasq(instance, options, warn))
+    return write_dnsmasq(instance, plan_dnsmasq(instance, choices, dhcp_range, warn))
 
 
 # ------------------------------------------------------------------------------ tftp
