@@ -4,9 +4,15 @@ They carry no exit status: the CLI decides that in one place (``cli.errors``), s
 services under it can be called from anything (tests, perceusd, a future REST API).
 """
 
+from collections.abc import Callable
+
 from perceus.common.errors import InvalidInput, ReasonError
 
-__all__ = ["InvalidRequest", "PerceusError"]
+__all__ = ["InvalidRequest", "PerceusError", "Warn"]
+
+Warn = Callable[[str, str | None], None]
+"""How a service reports a warning: what, and where. ``None`` for where is the caller's own
+place, as for errors: the CLI names the command there (``cli/options.py: warner``)."""
 
 
 class PerceusError(ReasonError):

@@ -7,12 +7,13 @@ reported where it is; nothing is added unless the whole source reads cleanly.
 import csv
 import io
 import re
+from collections.abc import Callable
 
 from perceus.server.errors import PerceusError
+from perceus.server.fields import HOSTNAME
 from perceus.server.macaddr import parse_mac
 from perceus.server.registry import NewNode
 
-_HOSTNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _IPV4 = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
 
 
@@ -24,7 +25,7 @@ def _mac(text: str, where: str) -> str:
 
 
 def _name(text: str, where: str) -> str:
-    if not _HOSTNAME.match(text):
+    if not HOSTNAME.match(text):
         raise PerceusError(f"not a valid node name: {text!r}", where)
     return text
 
@@ -128,3 +129,12 @@ def _strip_dhcpd_comment(line: str) -> str:
         elif char == "#" and not quoted:
             return line[:index]
     return line
+
+
+READERS: dict[str, Callable[[str, str], list[NewNode]]] = {
+    "dhcpd": read_dhcpd,
+    "ethers": read_ethers,
+    "csv": read_csv,
+    "macs": read_macs,
+}
+"""The readers by the name of the form they read (``node import --dhcpd`` ...; MACs on stdin)."""

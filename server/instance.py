@@ -17,7 +17,7 @@ __all__ = ["Instance"]
 
 
 def _no_warnings(message: str) -> None:
-    """The default sink for warnings: a caller that wants them passes its own."""
+    """The default sink for warnings and notes: a caller that wants them passes its own."""
 
 
 @dataclass
@@ -26,6 +26,7 @@ class Instance:
 
     paths: Paths = field(default_factory=Paths.from_environment)
     warn: Callable[[str], None] = _no_warnings
+    note: Callable[[str], None] = _no_warnings  # what -v shows: which database was opened
 
     @cached_property
     def settings(self) -> Settings:
@@ -36,7 +37,9 @@ class Instance:
 
     @cached_property
     def db(self) -> Database:
-        return open_database(self.settings)
+        database = open_database(self.settings)
+        self.note(f"node database {database.location} (schema {database.schema_version})")
+        return database
 
     def close(self) -> None:
         """Close the database if it was opened."""

@@ -31,9 +31,9 @@ def parse_mac(text: str) -> str | None:
     return ":".join(octet.upper().zfill(2) for octet in octets)
 
 
-def require_mac(text: str, where: str) -> str:
+def require_mac(text: str) -> str:
     """Like :func:`parse_mac`, but a bad address is a usage error naming it."""
     mac = parse_mac(text)
     if mac is None:
-        raise InvalidRequest(f"not a MAC address: {text!r}", where)
+        raise InvalidRequest(f"not a MAC address: {text!r}")
     return mac

@@ -5,10 +5,16 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from perceus.server import config
+from perceus.server.db import Database, open_database
+from perceus.server.instance import Instance as ServerInstance
+from perceus.server.paths import Paths
 
 BIN = Path(sys.executable).parent
 
@@ -143,3 +149,54 @@ def stage1(tmp_path: Path) -> tuple[Path, Path]:
     kernel.write_bytes(b"kernel " * 1000)
     initramfs.write_bytes(os.urandom(300_000))
     return kernel, initramfs
+
+
+# The node database backends the database tests run against: what perceus.conf says to
+# choose each. A new backend runs the whole suite by adding its line here.
+DATABASE_BACKENDS = {"sqlite": "database type = sqlite\n"}
+
+
+@pytest.fixture(params=sorted(DATABASE_BACKENDS))
+def database_settings(request: pytest.FixtureRequest, tmp_path: Path) -> config.Settings:
+    """Settings of a fresh instance whose perceus.conf chooses one backend (each in turn)."""
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "perceus.conf").write_text(DATABASE_BACKENDS[request.param])
+    return config.Settings.load(Paths(etc, tmp_path / "var"))
+
+
+@pytest.fixture
+def database(database_settings: config.Settings) -> Iterator[Database]:
+    """An empty node database of each backend."""
+    db = open_database(database_settings)
+    yield db
+    db.close()
+
+
+@pytest.fixture
+def server_instance(tmp_path: Path) -> Iterator[ServerInstance]:
+    """An initialised instance (master device lo) for in-process service tests: its two
+    configuration files; the state tree and database appear on first use."""
+    paths = Paths(tmp_path / "etc", tmp_path / "var")
+    paths.sysconfdir.mkdir(parents=True)
+    paths.perceus_conf.write_text(
+        config.render(
+            config.PERCEUS_KEYS, {"master network device": "lo", "vnfs transfer master": "127.0.0.1"}
+        )
+    )
+    paths.defaults_conf.write_text(config.render(config.DEFAULTS_KEYS))
+    instance = ServerInstance(paths)
+    yield instance
+    instance.close()
+
+
+class Warnings(list):
+    """A services' ``warn`` that keeps the (what, where) pairs it is given."""
+
+    def __call__(self, what: str, where: str | None) -> None:
+        self.append((what, where))
+
+
+@pytest.fixture
+def warn() -> Warnings:
+    return Warnings()

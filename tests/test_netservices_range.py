@@ -67,9 +67,9 @@ def test_subnets_without_room_ask_for_a_range(master: str) -> None:
 
 def test_given_range_is_checked_against_the_subnet() -> None:
     master = iface("10.0.0.1/24")
-    chosen = parse_range("10.0.0.100, 10.0.0.150", master, "here")
+    chosen = parse_range("10.0.0.100, 10.0.0.150", master)
     assert (str(chosen.start), str(chosen.end), chosen.size) == ("10.0.0.100", "10.0.0.150", 51)
-    assert parse_range("10.9.0.1,10.9.0.9", None, "here").size == 9  # no address to check against
+    assert parse_range("10.9.0.1,10.9.0.9", None).size == 9  # no address to check against
     for bad, words in [
         ("10.0.0.100", "START,END"),
         ("10.0.0.100,10.0.0.300", "10.0.0.300"),
@@ -79,4 +79,4 @@ def test_given_range_is_checked_against_the_subnet() -> None:
         ("10.0.0.1,10.0.0.9", "the master's own address"),
     ]:
         with pytest.raises(InvalidRequest, match=words):
-            parse_range(bad, master, "here")
+            parse_range(bad, master)

@@ -26,7 +26,7 @@ class App:
 
     @cached_property
     def instance(self) -> Instance:
-        return Instance(self.paths, warn=self.warn)
+        return Instance(self.paths, warn=self.warn, note=self.debug)
 
     @property
     def settings(self) -> Settings:
@@ -34,11 +34,7 @@ class App:
 
     @property
     def db(self) -> Database:
-        fresh = "db" not in self.instance.__dict__
-        database = self.instance.db
-        if fresh:
-            self.debug(f"node database {database.path} (schema {database.schema_version})")
-        return database
+        return self.instance.db
 
     # -- output -------------------------------------------------------------------------
 
@@ -58,8 +54,10 @@ class App:
     def emit_json(data: object) -> None:
         click.echo(json.dumps(data, indent=2, sort_keys=True))
 
-    def confirm(self, question: str, listing: list[str], where: str) -> None:
-        """Show what a destructive command touches and ask; anything but yes changes nothing."""
+    def confirm(self, question: str, listing: list[str], where: str = "") -> None:
+        """Show what a destructive command touches and ask; anything but yes changes nothing.
+
+        A refusal names ``where``, or the command when that is empty."""
         if self.assume_yes:
             return
         for line in listing:

@@ -1,38 +1,17 @@
-"""Bash completion: click's machinery, plus node, group and field names from the database."""
+"""``perceus completion``: the shell completion script (click's machinery; node, group and field
+names come from the database through ``cli/options.py``)."""
 
 import click
-from click.shell_completion import CompletionItem, get_completion_class
+from click.shell_completion import get_completion_class
 
-from perceus.server.cli.app import App
 from perceus.server.cli.errors import PerceusCommand
+from perceus.server.cli.options import complete_groups, complete_nodes
 
-
-def _app(ctx: click.Context) -> App:
-    """Completion parses without running callbacks, so build the App from the root's options."""
-    root = ctx.find_root()
-    if isinstance(root.obj, App):
-        return root.obj
-    return App(by_nodeid=bool(root.params.get("by_nodeid")), quiet=True)
-
-
-def complete_nodes(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
-    """Node names (MACs with -i) known to the database; nothing if it cannot be read."""
-    app = _app(ctx)
-    try:
-        nodes = app.db.nodes()
-    except Exception:  # noqa: BLE001 - completion must never spill errors into the shell
-        return []
-    keys = sorted({n.nodeid if app.by_nodeid else n.hostname for n in nodes})
-    return [CompletionItem(key) for key in keys if key.startswith(incomplete)]
-
-
-def complete_groups(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[CompletionItem]:
-    app = _app(ctx)
-    try:
-        groups = app.db.groups()
-    except Exception:  # noqa: BLE001
-        return []
-    return [CompletionItem(g.name) for g in groups if g.name.startswith(incomplete)]
+__all__ = [
+    "complete_groups",
+    "complete_nodes",
+    "completion",
+]  # the helpers: cli/vnfs.py imports them from here
 
 
 @click.command(cls=PerceusCommand)

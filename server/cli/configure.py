@@ -5,43 +5,20 @@ for hybridized VNFS parts) and ``hosts`` (node names and addresses). Each regene
 files from perceus.conf and the node database, so running it again picks up new nodes.
 """
 
-import ipaddress
-import os
-import signal
 from pathlib import Path
 
 import click
 
 from perceus.server.cli.app import App, pass_app
 from perceus.server.cli.errors import PerceusGroup
-from perceus.server.errors import InvalidRequest, PerceusError
-from perceus.server.netservices import dhcprange, dnsmasq, hosts, master, nfs, pxelinux, services, tftp
-from perceus.server.selection import node_order
+from perceus.server.cli.options import warner
+from perceus.server.netservices.dnsmasq import DnsmasqChoices
+from perceus.server.services import netservices
 
 
 @click.group(cls=PerceusGroup)
 def configure() -> None:
     """Write the configuration of the network services nodes boot from."""
-
-
-def _reload_hint(app: App, what: str) -> None:
-    service = services.dnsmasq_service(app.paths.dnsmasq_conf, master.dnsmasq_pidfile())
-    if service.pid() is not None:
-        app.info(f"dnsmasq is running: 'perceus service restart' makes it use the new {what}")
-
-
-def _dnsmasq_user(app: App, paths: tuple[Path, ...], where: str) -> str | None:
-    """None (dnsmasq drops root for its own user), or root if that user could not reach
-    ``paths``: a config that works, with a warning saying why and how to change it."""
-    for path in paths:
-        blocked = dnsmasq.unreachable_by_others(path)
-        if blocked is not None:
-            app.warn(
-                f"perceus: warning: dnsmasq keeps running as root: as its own user it could not enter "
-                f"{blocked} to read {path}; open that up, or choose with --user ({where})"
-            )
-            return "root"
-    return None
 
 
 @configure.command("dnsmasq")
@@ -93,46 +70,26 @@ def configure_dnsmasq(
 
     Writes $SYSCONFDIR/dnsmasq.conf (checked with dnsmasq --test) and the hosts file it
     reads; run it again after adding nodes."""
-    where = "configure dnsmasq"
-    dnsmasq.check_options(lease_time, domain, user, where)
-    settings = app.settings
-    if dhcp_range is None:
-        found = master.require_interface(settings)
-        chosen = dhcprange.default_range(found, settings.perceus.where("master network device"))
-    else:
-        found = master.interface(settings)
-        chosen = dhcprange.parse_range(dhcp_range, found, where)
-    nodes = sorted(app.db.nodes(), key=node_order)
-    tftp_root, hostsfile = app.paths.tftp_dir.absolute(), master.hosts_file(settings).absolute()
-    if user is None:
-        user = _dnsmasq_user(app, (tftp_root, hostsfile), where)
-    config = dnsmasq.DnsmasqConfig(
-        device=master.device(settings),
-        dhcp_range=chosen,
-        netmask=str(found.netmask) if found is not None else None,
-        tftp_root=tftp_root,
-        leasefile=master.leases_file(settings).absolute(),
-        pidfile=master.dnsmasq_pidfile().absolute(),
-        hostsfile=hostsfile,
+    choices = DnsmasqChoices(
         lease_time=lease_time,
         dns=not no_dns,
         domain=domain,
         ipxe=not no_ipxe,
         log_dhcp=log_dhcp,
-        log_file=log_file.absolute() if log_file else None,
+        log_file=log_file,
         user=user,
         ipv6_ra=ipv6_ra,
     )
-    text = dnsmasq.render(config, nodes)
-    dnsmasq.write(app.paths.dnsmasq_conf, text)
-    count = hosts.write(config.hostsfile, nodes)
-    app.info(f"Wrote {app.paths.dnsmasq_conf}: {len(nodes)} nodes, DHCP range {chosen.start}-{chosen.end}")
-    app.info(f"Wrote {config.hostsfile}: {count} node addresses")
-    if not app.paths.tftp_dir.joinpath("pxelinux.0").exists():
-        app.warn(
-            f"perceus: warning: the TFTP root is empty: run 'perceus configure tftp' ({app.paths.tftp_dir})"
-        )
-    _reload_hint(app, "configuration")
+    warn = warner(app)
+    written = netservices.configure_dnsmasq(app.instance, choices, dhcp_range, warn)
+    plan = written.plan
+    chosen = plan.config.dhcp_range
+    app.info(f"Wrote {plan.path}: {len(plan.nodes)} nodes, DHCP range {chosen.start}-{chosen.end}")
+    app.info(f"Wrote {plan.config.hostsfile}: {written.addresses} node addresses")
+    if not written.tftp_ready:
+        warn("the TFTP root is empty: run 'perceus configure tftp'", str(app.paths.tftp_dir))
+    if written.running is not None:
+        app.info("dnsmasq is running: 'perceus service restart' makes it use the new configuration")
 
 
 @configure.command("tftp")
@@ -163,28 +120,11 @@ def configure_tftp(
 
     pxelinux and its modules, iPXE, the stage-one kernel and initramfs, and
     pxelinux.cfg/default booting them with masterip= set."""
-    where = "configure tftp"
-    extra = pxelinux.check_append(extra, where)
-    if master_address is not None:
-        try:
-            ipaddress.IPv4Address(master_address)
-        except ValueError:
-            raise InvalidRequest(f"--master takes an IPv4 address, not {master_address!r}", where) from None
-    settings = app.settings
-    address = master.node_address(settings, master_address)
-    port = int(settings.perceus.get("perceusd port"))
-    tree = tftp.TftpTree(
-        root=app.paths.tftp_dir,
-        kernel=kernel or app.paths.stage1_kernel,
-        initramfs=initramfs or app.paths.stage1_initramfs,
-        master=pxelinux.master_argument(address, port),
-        extra=extra,
-    )
-    written = tftp.install(tree)
-    refreshed = pxelinux.refresh_nodes(tree.root)
-    app.info(f"Wrote {len(written)} files to {tree.root}; nodes boot stage one with {tree.master}")
-    if refreshed:
-        app.info(f"Rewrote {refreshed} per-node 'perceus' boot files")
+    written = netservices.configure_tftp(app.instance, kernel, initramfs, master_address, extra)
+    tree = written.tree
+    app.info(f"Wrote {len(written.files)} files to {tree.root}; nodes boot stage one with {tree.master}")
+    if written.refreshed:
+        app.info(f"Rewrote {written.refreshed} per-node 'perceus' boot files")
 
 
 @configure.command("nfs")
@@ -194,28 +134,12 @@ def configure_nfs(app: App) -> None:
 
     Read-only, to the master device's subnet, for hybridized VNFS parts
     (vnfs transfer method = nfs)."""
-    settings = app.settings
-    conf = settings.perceus
-    method = conf.get("vnfs transfer method")
-    if method != "nfs":
-        where = conf.where("vnfs transfer method")
-        app.warn(f"perceus: warning: vnfs transfer method is {method!r}, not nfs ({where})")
-    prefix = conf.get("vnfs transfer prefix")
-    directory = (Path(prefix) if prefix else app.paths.statedir) / "vnfs"
-    found = master.require_interface(settings)
-    export = nfs.Export(directory.absolute(), found.network)
-    path = master.exports_file()
-    nfs.write(path, export)
-    app.info(f"Wrote {path}: {export.directory} to {export.network}, read-only")
-    result = nfs.reload_exports()
-    if not result.installed:
-        app.info("exportfs is not installed: install nfs-kernel-server, then run 'exportfs -ra'")
-    elif result.status != 0:
-        raise PerceusError(
-            f"exportfs -ra failed: {result.output or f'exit status {result.status}'}", str(path)
-        )
-    else:
+    written = netservices.export_vnfs(app.instance, warner(app))
+    app.info(f"Wrote {written.path}: {written.export.directory} to {written.export.network}, read-only")
+    if netservices.reload_exports(written.path):
         app.info("exportfs -ra: the NFS server exports it now")
+    else:
+        app.info("exportfs is not installed: install nfs-kernel-server, then run 'exportfs -ra'")
 
 
 @configure.command("hosts")
@@ -231,19 +155,13 @@ def configure_hosts(app: App, etc_hosts: Path | None) -> None:
 
     $SYSCONFDIR/hosts, which dnsmasq reads: names resolve, and a node listed there gets
     that address by DHCP. Nodes without an address are left out."""
-    nodes = sorted(app.db.nodes(), key=node_order)
-    path = master.hosts_file(app.settings)
     if etc_hosts is not None:
-        count = hosts.merge_file(etc_hosts, nodes)  # the one that can fail: first
+        count = netservices.merge_etc_hosts(app.instance, etc_hosts)  # the one that can fail: first
         app.info(f"Merged {count} node addresses into {etc_hosts}")
-    count = hosts.write(path, nodes)
-    app.info(f"Wrote {path}: {count} node addresses")
-    service = services.dnsmasq_service(app.paths.dnsmasq_conf, master.dnsmasq_pidfile())
-    pid = service.pid()
-    if pid is not None:
-        try:
-            os.kill(pid, signal.SIGHUP)
-        except OSError as exc:
-            app.warn(f"perceus: warning: cannot signal dnsmasq (pid {pid}) to re-read it: {exc.strerror}")
-            return
+    written = netservices.write_hosts(app.instance)
+    app.info(f"Wrote {written.path}: {written.addresses} node addresses")
+    pid = written.dnsmasq
+    if written.signal_error is not None:
+        app.warn(f"perceus: warning: cannot signal dnsmasq (pid {pid}) to re-read it: {written.signal_error}")
+    elif pid is not None:
         app.info(f"dnsmasq (pid {pid}) re-read its hosts files")

@@ -1,14 +1,10 @@
 """``perceus info``: about, config KEY, system."""
 
-import platform
-
 import click
 
-from perceus.server import netinfo
 from perceus.server.cli.app import App, pass_app
 from perceus.server.cli.errors import PerceusGroup
-from perceus.server.config import DEFAULTS_KEYS, PERCEUS_KEYS
-from perceus.server.errors import PerceusError
+from perceus.server.services import site
 
 ABOUT = """\
 Perceus {version}
@@ -18,27 +14,6 @@ check in with the master on TCP port 987, receive their VNFS image and run it.
 This is a Python re-creation of the original Perceus by Infiscale, compatible with its
 configuration files, commands and node scripts.
 """
-
-
-def config_value(app: App, key: str) -> str:
-    """A configuration value as ``info config`` reports it, with derived defaults filled in."""
-    special = {
-        "sysconfdir": str(app.paths.sysconfdir),
-        "statedir": str(app.paths.statedir),
-        "database": str(app.paths.database_file),
-    }
-    if key in special:
-        return special[key]
-    settings = app.settings
-    names = {k.name: settings.perceus for k in PERCEUS_KEYS} | {
-        k.name: settings.defaults for k in DEFAULTS_KEYS
-    }
-    if key not in names:
-        raise PerceusError(f"no configuration key {key!r}", "info config")
-    value = names[key].get(key)
-    if key == "vnfs transfer master" and not value:
-        value = netinfo.ipv4_address(settings.perceus.get("master network device")) or ""
-    return value
 
 
 @click.group(cls=PerceusGroup)
@@ -61,24 +36,15 @@ def about() -> None:
 def config(app: App, key: str | None, as_json: bool) -> None:
     """Print the value of configuration KEY (every key when none is given)."""
     if key is not None:
-        value = config_value(app, key)
+        value = site.config_value(app.instance, key)
         app.emit_json({key: value}) if as_json else click.echo(value)
         return
-    keys = [k.name for k in PERCEUS_KEYS + DEFAULTS_KEYS] + ["statedir", "sysconfdir", "database"]
-    values = {k: config_value(app, k) for k in keys}
+    values = {k: site.config_value(app.instance, k) for k in site.config_keys()}
     if as_json:
         app.emit_json(values)
     else:
         for k, v in values.items():
             click.echo(f"{k} = {v}")
-
-
-def _release() -> str:
-    try:
-        data = platform.freedesktop_os_release()
-        return data.get("PRETTY_NAME", "unknown")
-    except OSError:
-        return "unknown"
 
 
 @info.command()
@@ -88,24 +54,8 @@ def system(app: App, as_json: bool) -> None:
     """Perceus information, status, and the master's system configuration."""
     from perceus.server.cli import VERSION
 
-    settings = app.settings
-    conf = {k.name: settings.perceus.get(k.name) for k in PERCEUS_KEYS if k.name != "database pass"}
-    vnfs = sorted(p.name for p in app.paths.vnfs_dir.iterdir()) if app.paths.vnfs_dir.is_dir() else []
-    devices = {dev: netinfo.ipv4_address(dev) or "" for dev in netinfo.interfaces()}
-    data = {
-        "version": VERSION,
-        "database": str(app.paths.database_file),
-        "schema_version": app.db.schema_version,
-        "sysconfdir": str(app.paths.sysconfdir),
-        "statedir": str(app.paths.statedir),
-        "config": conf,
-        "nodes": len(app.db.nodes()),
-        "vnfs": vnfs,
-        "release": _release(),
-        "devices": devices,
-        "architecture": platform.machine(),
-        "kernel": platform.release(),
-    }
+    data = {"version": VERSION} | site.system_info(app.instance)
+    conf, vnfs, devices = data["config"], data["vnfs"], data["devices"]
     if as_json:
         app.emit_json(data)
         return

@@ -1,20 +1,22 @@
-"""What ``node`` and ``group`` commands share: the status, summary and show listings, deletion."""
+"""What ``node`` and ``group`` commands print alike: status, summary and show listings, the live
+status view, and the confirmation before nodes are deleted."""
 
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 
 import click
 
-from perceus.server import control
 from perceus.server.cli import output
 from perceus.server.cli.app import App, node_rows
 from perceus.server.db import Node
+from perceus.server.services import nodes as node_service
+from perceus.server.services.nodes import LiveStatus
 
 
 def print_status(app: App, nodes: list[Node], as_json: bool) -> None:
-    timeout = app.settings.perceus.get_int("node timeout") or 600
+    timeout = node_service.status_timeout(app.instance)
     now = time.time()
     if as_json:
         app.emit_json([output.status_json(node, timeout, now) for node in nodes])
@@ -37,24 +39,20 @@ def _human(count: float) -> str:
     return str(count)
 
 
-def watch_rows(
-    nodes: list[Node], document: dict, timeout: int, now: float
-) -> tuple[list[tuple[Node, dict]], list[dict]]:
-    """Each node with its row (status columns plus its live session: the newest, if several),
-    and the sessions of MACs not in the database yet (a node between HELLO and being added)."""
-    live: dict[str, dict] = {}
-    for session in document.get("sessions", []):
-        if isinstance(session, dict) and isinstance(session.get("nodeid"), str):
-            live[session["nodeid"]] = session
+def watch_rows(live: LiveStatus) -> list[tuple[Node, dict]]:
+    """Each node with its row: the status columns, and its live session's phase, bytes and rate."""
     rows = []
-    for node in nodes:
-        row = output.status_json(node, timeout, now) | {"phase": "-", "bytes_sent": 0, "rate_bps": 0}
-        session = live.pop(node.nodeid, None)
+    for node, session in live.nodes:
+        row = output.status_json(node, live.timeout, live.now) | {
+            "phase": "-",
+            "bytes_sent": 0,
+            "rate_bps": 0,
+        }
         if session is not None:
             for key in ("phase", "bytes_sent", "bytes_total", "rate_bps", "peer"):
                 row[key] = session.get(key, row.get(key))
         rows.append((node, row))
-    return rows, [s for nodeid, s in live.items() if nodeid]
+    return rows
 
 
 def _live_columns(phase: object, sent: object, rate: object) -> str:
@@ -63,19 +61,17 @@ def _live_columns(phase: object, sent: object, rate: object) -> str:
     return f"{str(phase)[:8]:<8} {_human(sent):>9} {_human(rate) + '/s':>10}"
 
 
-def _render(
-    rows: list[tuple[Node, dict]], extra: list[dict], document: dict, timeout: int, now: float
-) -> str:
+def _render(rows: list[tuple[Node, dict]], live: LiveStatus) -> str:
     lines = [WATCH_HEADER, "-" * len(WATCH_HEADER)]
     for node, row in rows:
-        live = _live_columns(row["phase"], row["bytes_sent"], row["rate_bps"])
-        lines.append(f"{output.status_row(node, timeout, now):<79} {live}")
-    for session in extra:
+        columns = _live_columns(row["phase"], row["bytes_sent"], row["rate_bps"])
+        lines.append(f"{output.status_row(node, live.timeout, live.now):<79} {columns}")
+    for session in live.unknown:
         name = f"({session.get('nodeid')})"
         state, peer = str(session.get("state", "")), str(session.get("peer", ""))
-        live = _live_columns(session.get("phase", "?"), session.get("bytes_sent"), session.get("rate_bps"))
-        lines.append(f"{name[:20]:<20} {state[:14]:<14} {peer[:22]:<22} {'(not added yet)':<20} {live}")
-    daemon = document.get("perceusd", {})
+        columns = _live_columns(session.get("phase", "?"), session.get("bytes_sent"), session.get("rate_bps"))
+        lines.append(f"{name[:20]:<20} {state[:14]:<14} {peer[:22]:<22} {'(not added yet)':<20} {columns}")
+    daemon = live.perceusd
     lines.append(
         f"perceusd: {daemon.get('active_sessions', 0)} active sessions, "
         f"{_human(daemon.get('bytes_sent_total', 0))}B sent, {_human(daemon.get('rate_bps', 0))}B/s"
@@ -83,22 +79,20 @@ def _render(
     return "\n".join(lines)
 
 
-def watch_status(
-    app: App, nodes: Callable[[], list[Node]], as_json: bool, interval: float, count: int | None
-) -> None:
-    """``node status --watch``: redraw (on a terminal) or print successive tables from perceusd's
-    control socket every ``interval`` seconds, ``count`` times or until interrupted."""
-    timeout = app.settings.perceus.get_int("node timeout") or 600
+def print_watch(views: Iterator[LiveStatus], as_json: bool, count: int | None) -> None:
+    """``node status --watch``: redraw (on a terminal) or print each view, ``count`` times or
+    until interrupted."""
     tty = sys.stdout.isatty() and not as_json
     shown = 0
     try:
-        for document in control.watch(control.socket_path(), interval):
-            now = time.time()
-            rows, extra = watch_rows(nodes(), document, timeout, now)
+        for live in views:
+            rows = watch_rows(live)
             if as_json:
-                click.echo(json.dumps({"nodes": [row for _, row in rows], "new": extra}, sort_keys=True))
+                click.echo(
+                    json.dumps({"nodes": [row for _, row in rows], "new": live.unknown}, sort_keys=True)
+                )
             else:
-                text = _render(rows, extra, document, timeout, now)
+                text = _render(rows, live)
                 click.echo((CLEAR + text) if tty else (text + "\n"))
             shown += 1
             if count is not None and shown >= count:
@@ -125,12 +119,8 @@ def print_show(app: App, nodes: list[Node], as_json: bool) -> None:
         print("\n".join(output.show_lines(node)))
 
 
-def delete_confirmed(app: App, nodes: list[Node], where: str) -> None:
-    """List the nodes, ask (unless -y), then delete them in one transaction."""
-    app.confirm(f"Are you sure you wish to delete {len(nodes)} nodes from Perceus?", node_rows(nodes), where)
-    with app.db.transaction():
-        count = app.db.delete_nodes(n.nodeid for n in nodes)
-    from perceus.server.netservices import pxelinux
-
-    pxelinux.sync_boot_files(app.paths.tftp_dir, app.db.nodes(), app.warn, [n.nodeid for n in nodes])
+def delete_confirmed(app: App, nodes: list[Node]) -> None:
+    """List the nodes, ask (unless -y), then delete them and their boot files."""
+    app.confirm(f"Are you sure you wish to delete {len(nodes)} nodes from Perceus?", node_rows(nodes))
+    count = node_service.delete(app.instance, nodes)
     app.info(f"'{count}' nodes have been deleted")

@@ -1,37 +1,25 @@
 """``perceus node``: add, delete, list, replace, set, show, status, summary, import."""
 
 import sys
+from collections.abc import Sequence
 
 import click
 
-from perceus.server import importers
-from perceus.server.cli import listing
+from perceus.server.cli import listing, options
 from perceus.server.cli.app import App, node_rows, pass_app
-from perceus.server.cli.completion import complete_nodes
 from perceus.server.cli.errors import PerceusGroup
-from perceus.server.cli.fields import check_value
+from perceus.server.cli.options import JSON, NODES, SOME_NODES, complete_nodes, query, warner
 from perceus.server.db import Node
-from perceus.server.db.model import DAEMON_FIELDS, SETTABLE_FIELDS
 from perceus.server.errors import InvalidRequest, PerceusError
-from perceus.server.macaddr import require_mac
-from perceus.server.netservices import pxelinux
-from perceus.server.registry import NewNode, add_nodes
-from perceus.server.selection import select_nodes
+from perceus.server.services import nodes as node_service
 
-JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of columns.")
-NODES = click.argument("nodes", nargs=-1, shell_complete=complete_nodes)
-SOME_NODES = click.argument("nodes", nargs=-1, required=True, shell_complete=complete_nodes)
+__all__ = ["JSON", "node", "selected"]  # JSON and selected: cli/vnfs.py imports them from here
 
 
-def selected(app: App, patterns: tuple[str, ...], where: str) -> list[Node]:
-    chosen = select_nodes(app.db.nodes(), patterns, app.by_nodeid, where, app.warn)
-    app.debug(f"{' '.join(patterns) or 'all nodes'}: {len(chosen)} nodes")
-    return chosen
-
-
-def warn_unknown_vnfs(app: App, vnfs: str) -> None:
-    if vnfs and not (app.paths.vnfs_dir / vnfs).is_dir():
-        app.warn(f"perceus: warning: VNFS '{vnfs}' is not imported yet ({app.paths.vnfs_dir})")
+def selected(app: App, patterns: Sequence[str], where: str = "") -> list[Node]:
+    """``options.selected`` under its old name and signature, for cli/vnfs.py until it imports
+    that instead (``where`` is not needed: a command names itself in errors)."""
+    return options.selected(app, patterns)
 
 
 @click.group(cls=PerceusGroup)
@@ -45,12 +33,7 @@ def node() -> None:
 @pass_app
 def add(app: App, mac: str, name: str | None) -> None:
     """Add a node by MAC address, named from defaults.conf unless NAME is given."""
-    where = "node add"
-    nodeid = require_mac(mac, where)
-    if name is not None:
-        check_value("hostname", name, where)
-    (added,) = add_nodes(app.db, app.settings, [NewNode(nodeid, name, where)])
-    warn_unknown_vnfs(app, added.vnfs)
+    added = node_service.add(app.instance, mac, name, warner(app))
     app.info(f"Node '{added.hostname}' has been added to Perceus")
 
 
@@ -61,40 +44,25 @@ def add(app: App, mac: str, name: str | None) -> None:
 @pass_app
 def import_(app: App, dhcpd, ethers, csv_file) -> None:
     """Add many nodes in file order, in one transaction; MACs on standard input if no file."""
-    where = "node import"
-    sources = [
-        (f, r)
-        for f, r in (
-            (dhcpd, importers.read_dhcpd),
-            (ethers, importers.read_ethers),
-            (csv_file, importers.read_csv),
-        )
-        if f is not None
+    given = [
+        (handle, form)
+        for handle, form in ((dhcpd, "dhcpd"), (ethers, "ethers"), (csv_file, "csv"))
+        if handle is not None
     ]
-    if len(sources) > 1:
-        raise InvalidRequest("give one of --dhcpd, --ethers, --csv", where)
-    if sources:
-        handle, reader = sources[0]
+    if len(given) > 1:
+        raise InvalidRequest("give one of --dhcpd, --ethers, --csv")
+    if given:
+        handle, form = given[0]
+        source = handle.name
+    elif sys.stdin.isatty():
+        raise InvalidRequest("give --dhcpd, --ethers or --csv FILE, or MACs on standard input")
     else:
-        if sys.stdin.isatty():
-            raise InvalidRequest("give --dhcpd, --ethers or --csv FILE, or MACs on standard input", where)
-        handle, reader = sys.stdin, importers.read_macs
-    name = "<stdin>" if handle is sys.stdin else handle.name
+        handle, form, source = sys.stdin, "macs", "<stdin>"
     try:
-        entries = reader(handle.read(), name)
+        text = handle.read()
     except UnicodeDecodeError as exc:
-        raise PerceusError("input is not text", name) from exc
-    known = {n.nodeid: n.hostname for n in app.db.nodes()}
-    fresh = []
-    for entry in entries:
-        if entry.mac in known:
-            app.warn(
-                f"perceus: warning: NodeID '{entry.mac}' already exists as node "
-                f"'{known[entry.mac]}', skipped ({entry.where})"
-            )
-        else:
-            fresh.append(entry)
-    added = add_nodes(app.db, app.settings, fresh)
+        raise PerceusError("input is not text", source) from exc
+    added = node_service.import_nodes(app.instance, text, source, form, warner(app))
     for new in added:
         app.info(f"Node '{new.hostname}' has been added to Perceus")
     app.info(f"'{len(added)}' nodes imported")
@@ -105,9 +73,7 @@ def import_(app: App, dhcpd, ethers, csv_file) -> None:
 @pass_app
 def delete(app: App, nodes: tuple[str, ...]) -> None:
     """Delete nodes from the database."""
-    where = "node delete"
-    chosen = selected(app, nodes, where)
-    listing.delete_confirmed(app, chosen, where)
+    listing.delete_confirmed(app, options.selected(app, nodes))
 
 
 @node.command("list")
@@ -116,21 +82,12 @@ def delete(app: App, nodes: tuple[str, ...]) -> None:
 @pass_app
 def list_(app: App, nodes: tuple[str, ...], as_json: bool) -> None:
     """List node names (all nodes when none are given)."""
-    chosen = selected(app, nodes, "node list")
+    chosen = options.selected(app, nodes)
     if as_json:
         app.emit_json([{"hostname": n.hostname, "nodeid": n.nodeid} for n in chosen])
     else:
         for n in chosen:
             print(n.hostname)
-
-
-def _one(app: App, pattern: str, where: str) -> Node:
-    chosen = selected(app, (pattern,), where)
-    if len(chosen) != 1:
-        raise InvalidRequest(
-            f"{pattern!r} names {len(chosen)} nodes, not one (use -i with the MAC address)", where
-        )
-    return chosen[0]
 
 
 @node.command()
@@ -139,61 +96,24 @@ def _one(app: App, pattern: str, where: str) -> Node:
 @pass_app
 def replace(app: App, old: str, new: str) -> None:
     """Give node NEW (new hardware) the identity of node OLD; OLD's MAC is forgotten."""
-    where = "node replace"
-    old_node, new_node = _one(app, old, where), _one(app, new, where)
-    if old_node.nodeid == new_node.nodeid:
-        raise InvalidRequest(f"{old!r} and {new!r} are the same node", where)
+    plan = node_service.plan_replace(app.instance, old, new, app.by_nodeid, warner(app))
     app.confirm(
-        f"Are you sure you wish to replace '{old_node.hostname}' with '{new_node.hostname}'?",
-        node_rows([old_node, new_node]),
-        where,
+        f"Are you sure you wish to replace '{plan.old.hostname}' with '{plan.new.hostname}'?",
+        node_rows([plan.old, plan.new]),
     )
-    boot = pxelinux.boot_follows(app.paths.tftp_dir, app.db, old_node, new_node, app.warn)
-    with boot, app.db.transaction():
-        if app.db.node(old_node.nodeid) is None or app.db.node(new_node.nodeid) is None:
-            raise PerceusError("a node changed while you were asked; nothing replaced", where)
-        app.db.replace_node(old_node.nodeid, new_node.nodeid)
-    app.info(f"Node '{old_node.hostname}' has been replaced.")
-
-
-# ``node set`` fields that are files rather than database columns.
-FILE_FIELDS = ("boot",)
-
-
-def set_boot(app: App, value: str, nodes: tuple[str, ...], where: str) -> None:
-    """``boot``: the nodes' own pxelinux files (local disk, stage one, or the default)."""
-    if value not in pxelinux.BOOT_CHOICES:
-        raise InvalidRequest(f"boot takes local, perceus or default, not {value!r}", where)
-    chosen = selected(app, nodes, where)
-    count = pxelinux.set_boot(app.paths.tftp_dir, [n.nodeid for n in chosen], value, where)
-    app.info(f"'{count}' nodes set boot='{value}'")
+    node_service.replace(app.instance, plan)
+    app.info(f"Node '{plan.old.hostname}' has been replaced.")
 
 
 @node.command("set")
-@click.argument("field", type=click.Choice(SETTABLE_FIELDS + DAEMON_FIELDS + FILE_FIELDS), metavar="FIELD")
+@click.argument("field", type=click.Choice(node_service.FIELDS), metavar="FIELD")
 @click.argument("value")
 @SOME_NODES
 @pass_app
 def set_(app: App, field: str, value: str, nodes: tuple[str, ...]) -> None:
     """Set FIELD to VALUE on nodes. FIELD: debug, desc, enabled, group, hostname, vnfs;
     boot (local, perceus or default) writes the nodes' own pxelinux files."""
-    where = "node set"
-    if field == "boot":
-        set_boot(app, value, nodes, where)
-        return
-    stored = check_value(field, value, where)
-    if field in DAEMON_FIELDS:
-        app.warn(f"perceus: warning: {field} is written by perceusd as nodes check in ({where})")
-    if field == "vnfs":
-        warn_unknown_vnfs(app, value)
-    with app.db.transaction():
-        chosen = selected(app, nodes, where)
-        if field == "hostname" and len(chosen) > 1:
-            app.warn(
-                f"perceus: warning: {len(chosen)} nodes now share the name {value!r}; "
-                f"use -i with MAC addresses to tell them apart ({where})"
-            )
-        count = app.db.set_field((n.nodeid for n in chosen), field, stored)
+    count = node_service.set_field(app.instance, field, value, query(app, nodes), warner(app))
     app.info(f"'{count}' nodes set {field}='{value}'")
 
 
@@ -203,7 +123,7 @@ def set_(app: App, field: str, value: str, nodes: tuple[str, ...]) -> None:
 @pass_app
 def show(app: App, nodes: tuple[str, ...], as_json: bool) -> None:
     """Print every field of nodes as 'host: field=value' lines."""
-    listing.print_show(app, selected(app, nodes, "node show"), as_json)
+    listing.print_show(app, options.selected(app, nodes), as_json)
 
 
 @node.command()
@@ -224,9 +144,10 @@ def status(
 ) -> None:
     """Status, address and time since last contact; late nodes say 'timed out'."""
     if watch:
-        listing.watch_status(app, lambda: selected(app, nodes, "node status"), as_json, interval, count)
+        views = node_service.watch(app.instance, query(app, nodes), warner(app), interval)
+        listing.print_watch(views, as_json, count)
         return
-    listing.print_status(app, selected(app, nodes, "node status"), as_json)
+    listing.print_status(app, options.selected(app, nodes), as_json)
 
 
 @node.command()
@@ -235,4 +156,4 @@ def status(
 @pass_app
 def summary(app: App, nodes: tuple[str, ...], as_json: bool) -> None:
     """Group, enabled flag and VNFS of nodes."""
-    listing.print_summary(app, selected(app, nodes, "node summary"), as_json)
+    listing.print_summary(app, options.selected(app, nodes), as_json)

@@ -6,21 +6,17 @@ same two from server/data/. ``status`` exits 0 only if both run, else 3 (as LSB 
 scripts and systemctl do for "not running").
 """
 
+from collections.abc import Iterable
+
 import click
 
 from perceus.server.cli.app import App, pass_app
 from perceus.server.cli.errors import PerceusGroup
-from perceus.server.errors import PerceusError
-from perceus.server.netservices import dnsmasq, master, services
+from perceus.server.cli.options import warner
+from perceus.server.services import netservices
+from perceus.server.services.netservices import Change, DaemonEvent
 
 NOT_RUNNING = 3
-
-
-def _services(app: App) -> list[services.Service]:
-    return [
-        services.perceusd_service(),
-        services.dnsmasq_service(app.paths.dnsmasq_conf.absolute(), master.dnsmasq_pidfile().absolute()),
-    ]
 
 
 @click.group(cls=PerceusGroup)
@@ -28,43 +24,13 @@ def service() -> None:
     """Run the master's services: perceusd and dnsmasq (DHCP, TFTP, DNS)."""
 
 
-def _start(app: App) -> None:
-    where = "service start"
-    app.settings  # noqa: B018 - an uninitialised master is an error before anything starts
-    conf = app.paths.dnsmasq_conf
-    if not conf.exists():
-        raise PerceusError("no dnsmasq configuration: run 'perceus configure dnsmasq' first", str(conf))
-    dnsmasq.check_file(conf)
-    started: list[services.Service] = []
-    try:
-        for each in _services(app):
-            pid = each.pid()
-            if pid is not None:
-                app.info(f"{each.name}: already running (pid {pid})")
-                continue
-            pid = services.start(each)
-            started.append(each)
-            app.info(f"{each.name}: started (pid {pid})")
-    except PerceusError as exc:
-        for each in reversed(started):  # all or nothing: do not leave half the services up
-            try:
-                services.stop(each)
-            except PerceusError as again:
-                app.warn(f"perceus: warning: {again} ({where})")
-        raise exc from None
-
-
-def _stop(app: App) -> None:
-    failures = []
-    for each in reversed(_services(app)):
-        try:
-            pid = services.stop(each)
-        except PerceusError as exc:
-            failures.append(exc)
-            continue
-        app.info(f"{each.name}: stopped (pid {pid})" if pid is not None else f"{each.name}: was not running")
-    if failures:
-        raise failures[0]
+def _report(app: App, events: Iterable[DaemonEvent]) -> None:
+    """Each daemon's change as it happens: ``dnsmasq: started (pid 123)``."""
+    for event in events:
+        if event.change is Change.NOT_RUNNING:
+            app.info(f"{event.name}: {event.change.value}")
+        else:
+            app.info(f"{event.name}: {event.change.value} (pid {event.pid})")
 
 
 @service.command()
@@ -73,7 +39,7 @@ def start(app: App) -> None:
     """Start perceusd, then dnsmasq.
 
     If one cannot start, neither is left running."""
-    _start(app)
+    _report(app, netservices.start(app.instance, warner(app)))
 
 
 @service.command()
@@ -82,7 +48,7 @@ def stop(app: App) -> None:
     """Stop dnsmasq, then perceusd.
 
     SIGTERM, then a bounded wait: perceusd lets running sessions finish first."""
-    _stop(app)
+    _report(app, netservices.stop(app.instance))
 
 
 @service.command()
@@ -91,8 +57,8 @@ def restart(app: App) -> None:
     """Stop, then start both services.
 
     dnsmasq reads a new dnsmasq.conf only when it starts."""
-    _stop(app)
-    _start(app)
+    _report(app, netservices.stop(app.instance))
+    _report(app, netservices.start(app.instance, warner(app)))
 
 
 @service.command()
@@ -103,9 +69,8 @@ def status(app: App) -> None:
     One line per service: running with its pid, or stopped. Exit status 0 only if
     both run, else 3."""
     down = 0
-    for each in _services(app):
-        pid = each.pid()
-        click.echo(f"{each.name}: running (pid {pid})" if pid is not None else f"{each.name}: stopped")
+    for name, pid in netservices.status(app.instance):
+        click.echo(f"{name}: running (pid {pid})" if pid is not None else f"{name}: stopped")
         down += pid is None
     if down:
         raise click.exceptions.Exit(NOT_RUNNING)

@@ -1,13 +1,13 @@
-"""The node database behind a small interface, so a PostgreSQL backend can sit beside SQLite."""
+"""The node database behind an interface (``interface.Database``), so a PostgreSQL backend can
+sit beside SQLite: the services and perceusd use only the interface."""
 
 from perceus.server.config import Settings
+from perceus.server.db.interface import Database, DatabaseBusy
 from perceus.server.db.model import Group, Node
 from perceus.server.db.sqlite import SQLiteDatabase
 from perceus.server.errors import PerceusError
 
-Database = SQLiteDatabase  # the interface every backend implements; SQLite is the reference
-
-__all__ = ["Database", "Group", "Node", "open_database"]
+__all__ = ["Database", "DatabaseBusy", "Group", "Node", "open_database"]
 
 
 def open_database(settings: Settings) -> Database:

@@ -2,15 +2,19 @@
 
 ``BEGIN IMMEDIATE`` takes the write lock before anything is read, so reading the
 taken names and inserting the new node cannot interleave between processes: that is
-what makes name allocation atomic across concurrent ``perceus node add``.
+what makes name allocation atomic across concurrent ``perceus node add``. The contract
+of each operation is :class:`perceus.server.db.interface.Database`'s.
 """
 
+import functools
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
+from perceus.server.db.interface import DatabaseBusy
 from perceus.server.db.model import GROUP_LEVEL_FIELDS, Group, Node
 from perceus.server.errors import PerceusError
 
@@ -67,8 +71,35 @@ _COLUMNS = {
 }
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _failure(doing: str, exc: sqlite3.Error, path: Path) -> PerceusError:
+    """SQLite's error as the interface's: busy (retry) or not."""
+    kind = DatabaseBusy if isinstance(exc, sqlite3.OperationalError) and _busy(exc) else PerceusError
+    return kind(f"{doing}: {exc}", str(path))
+
+
+def _busy(exc: sqlite3.Error) -> bool:
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
+def _reported(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """SQLite's exceptions from ``method`` leave as the interface's PerceusError kinds."""
+
+    @functools.wraps(method)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(*args, **kwargs)
+        except sqlite3.Error as exc:
+            raise _failure("node database", exc, args[0].path) from exc
+
+    return wrapper
+
+
 class SQLiteDatabase:
-    """Node database in one SQLite file."""
+    """Node database in one SQLite file (implements ``db.interface.Database``)."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -79,7 +110,11 @@ class SQLiteDatabase:
             self._conn.execute("PRAGMA foreign_keys = ON")
             self._migrate()
         except sqlite3.Error as exc:
-            raise PerceusError(f"cannot open the node database: {exc}", str(self.path)) from exc
+            raise _failure("cannot open the node database", exc, self.path) from exc
+
+    @property
+    def location(self) -> str:
+        return str(self.path)
 
     def close(self) -> None:
         self._conn.close()
@@ -92,7 +127,7 @@ class SQLiteDatabase:
         try:
             self._conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            raise PerceusError(f"cannot lock the node database: {exc}", str(self.path)) from exc
+            raise _failure("cannot lock the node database", exc, self.path) from exc
         try:
             yield
         except BaseException:
@@ -101,7 +136,7 @@ class SQLiteDatabase:
         try:
             self._conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            raise PerceusError(f"cannot commit to the node database: {exc}", str(self.path)) from exc
+            raise _failure("cannot commit to the node database", exc, self.path) from exc
 
     def _migrate(self) -> None:
         version = self._conn.execute("PRAGMA user_version").fetchone()[0]
@@ -124,21 +159,26 @@ class SQLiteDatabase:
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @property
+    @_reported
     def schema_version(self) -> int:
         return self._conn.execute("PRAGMA user_version").fetchone()[0]
 
     # -- reading ------------------------------------------------------------------------
 
+    @_reported
     def nodes(self) -> list[Node]:
         return [Node(*row) for row in self._conn.execute(_NODE_SELECT)]
 
+    @_reported
     def node(self, nodeid: str) -> Node | None:
         row = self._conn.execute(_NODE_SELECT + " WHERE n.nodeid = ?", (nodeid,)).fetchone()
         return Node(*row) if row else None
 
+    @_reported
     def hostnames(self) -> list[str]:
         return [row[0] for row in self._conn.execute("SELECT hostname FROM nodes")]
 
+    @_reported
     def groups(self) -> list[Group]:
         rows = self._conn.execute(
             """SELECT n.groupname, COALESCE(g."desc", ''), COALESCE(g.vnfs, ''), COUNT(*)
@@ -149,6 +189,7 @@ class SQLiteDatabase:
 
     # -- writing (call inside ``with db.transaction():``) ----------------------------------------
 
+    @_reported
     def insert_node(self, node: Node) -> None:
         self._conn.execute(
             """INSERT INTO nodes (nodeid, hostname, groupname, vnfs, enabled, debug, "desc",
@@ -170,6 +211,7 @@ class SQLiteDatabase:
             ),
         )
 
+    @_reported
     def set_field(self, nodeids: Iterable[str], field: str, value: object) -> int:
         column = _COLUMNS[field]
         now = int(time.time())
@@ -181,6 +223,7 @@ class SQLiteDatabase:
         self._prune_groups()
         return changed
 
+    @_reported
     def set_group_value(self, group: str, field: str, value: str) -> None:
         """Record a group-level desc or vnfs, which nodes without their own inherit."""
         if field not in GROUP_LEVEL_FIELDS:
@@ -189,6 +232,7 @@ class SQLiteDatabase:
         self._conn.execute("INSERT OR IGNORE INTO groups (name) VALUES (?)", (group,))
         self._conn.execute(f"UPDATE groups SET {column} = ? WHERE name = ?", (value, group))
 
+    @_reported
     def rename_group(self, old: str, new: str) -> None:
         """Carry group-level values over when ``group set group NEW OLD`` moves a whole group."""
         if old == new:
@@ -201,6 +245,7 @@ class SQLiteDatabase:
                 (old, new),
             )
 
+    @_reported
     def delete_nodes(self, nodeids: Iterable[str]) -> int:
         deleted = sum(
             self._conn.execute("DELETE FROM nodes WHERE nodeid = ?", (n,)).rowcount for n in nodeids
@@ -208,6 +253,7 @@ class SQLiteDatabase:
         self._prune_groups()
         return deleted
 
+    @_reported
     def replace_node(self, old: str, new: str) -> None:
         """NEW's MAC takes over OLD's whole record; NEW's own record and OLD's MAC go."""
         now = int(time.time())
@@ -215,6 +261,7 @@ class SQLiteDatabase:
         self._conn.execute("UPDATE nodes SET nodeid = ?, updated = ? WHERE nodeid = ?", (new, now, old))
         self._prune_groups()
 
+    @_reported
     def record_checkin(self, nodeid: str, status: str, ipaddr: str, when: int) -> None:
         self._conn.execute(
             "UPDATE nodes SET status = ?, ipaddr = ?, lastcontact = ? WHERE nodeid = ?",

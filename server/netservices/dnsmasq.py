@@ -33,8 +33,23 @@ TEST_TIMEOUT = 30
 
 
 @dataclass(frozen=True)
+class DnsmasqChoices:
+    """What the administrator chooses (``perceus configure dnsmasq``'s options)."""
+
+    lease_time: str = "12h"
+    dns: bool = True
+    domain: str | None = None
+    ipxe: bool = True
+    log_dhcp: bool = False
+    log_file: Path | None = None
+    user: str | None = None  # None: dnsmasq's own (unprivileged) user
+    ipv6_ra: bool = False
+
+
+@dataclass(frozen=True)
 class DnsmasqConfig:
-    """What ``perceus configure dnsmasq`` writes; paths are absolute."""
+    """What ``perceus configure dnsmasq`` writes: the master's facts and the choices; paths are
+    absolute."""
 
     device: str
     dhcp_range: DhcpRange
@@ -43,28 +58,22 @@ class DnsmasqConfig:
     leasefile: Path
     pidfile: Path
     hostsfile: Path
-    lease_time: str = "12h"
-    dns: bool = True
-    domain: str | None = None
-    ipxe: bool = True
-    log_dhcp: bool = False
-    log_file: Path | None = None
-    user: str | None = None
-    ipv6_ra: bool = False
+    choices: DnsmasqChoices = DnsmasqChoices()
 
 
-def check_options(lease_time: str, domain: str | None, user: str | None, where: str) -> None:
+def check_choices(choices: DnsmasqChoices) -> None:
     """Usage errors for values dnsmasq would refuse, before anything is computed."""
+    lease_time, domain, user = choices.lease_time, choices.domain, choices.user
     if not LEASE_TIME.match(lease_time):
         raise InvalidRequest(
-            f"--lease-time takes seconds with an optional s/m/h/d/w, or infinite, not {lease_time!r}", where
+            f"--lease-time takes seconds with an optional s/m/h/d/w, or infinite, not {lease_time!r}"
         )
     if lease_time.rstrip("smhdw").isdigit() and _seconds(lease_time) < 120:
-        raise InvalidRequest(f"--lease-time {lease_time}: dnsmasq's minimum is 2m", where)
+        raise InvalidRequest(f"--lease-time {lease_time}: dnsmasq's minimum is 2m")
     if domain is not None and not DOMAIN.match(domain):
-        raise InvalidRequest(f"--domain takes a DNS domain such as cluster.local, not {domain!r}", where)
+        raise InvalidRequest(f"--domain takes a DNS domain such as cluster.local, not {domain!r}")
     if user is not None and not USER.match(user):
-        raise InvalidRequest(f"--user takes a user name, not {user!r}", where)
+        raise InvalidRequest(f"--user takes a user name, not {user!r}")
 
 
 def _seconds(lease_time: str) -> int:
@@ -76,6 +85,7 @@ def _seconds(lease_time: str) -> int:
 
 def render(config: DnsmasqConfig, nodes: Iterable[Node]) -> str:
     """The configuration text; nodes in the order given (the listing order)."""
+    chosen = config.choices
     lines = [
         "# Written by 'perceus configure dnsmasq' from perceus.conf and the node database.",
         "# Run that command again after adding nodes; edits here are lost when it runs.",
@@ -87,27 +97,27 @@ def render(config: DnsmasqConfig, nodes: Iterable[Node]) -> str:
     if config.device != "lo":
         lines.append("except-interface=lo")
     lines += ["", f"pid-file={config.pidfile}"]
-    if config.user:
-        lines.append(f"user={config.user}")
-    if config.log_file:
-        lines.append(f"log-facility={config.log_file}")
+    if chosen.user:
+        lines.append(f"user={chosen.user}")
+    if chosen.log_file:
+        lines.append(f"log-facility={chosen.log_file}")
     lines.append("")
-    if config.dns:
+    if chosen.dns:
         lines += ["# DNS for the nodes: their names from the hosts file and their DHCP leases."]
     else:
         lines += ["# DNS is off (--no-dns): DHCP and TFTP only.", "port=0"]
-    if config.domain:  # also the DHCP domain-name option
-        lines.append(f"domain={config.domain}")
-        if config.dns:
-            lines += ["expand-hosts", f"local=/{config.domain}/"]
+    if chosen.domain:  # also the DHCP domain-name option
+        lines.append(f"domain={chosen.domain}")
+        if chosen.dns:
+            lines += ["expand-hosts", f"local=/{chosen.domain}/"]
     lines += [f"addn-hosts={config.hostsfile}", ""]
     netmask = f",{config.netmask}" if config.netmask else ""
     lines += [
         "# DHCP: the dynamic range, and each known node by its MAC address.",
-        f"dhcp-range={config.dhcp_range.start},{config.dhcp_range.end}{netmask},{config.lease_time}",
+        f"dhcp-range={config.dhcp_range.start},{config.dhcp_range.end}{netmask},{chosen.lease_time}",
         f"dhcp-leasefile={config.leasefile}",
     ]
-    if config.log_dhcp:
+    if chosen.log_dhcp:
         lines.append("log-dhcp")
     lines += [f"dhcp-host={node.nodeid},{node.hostname}" for node in nodes]
     lines += [
@@ -116,7 +126,7 @@ def render(config: DnsmasqConfig, nodes: Iterable[Node]) -> str:
         "enable-tftp",
         f"tftp-root={config.tftp_root}",
     ]
-    if config.ipxe:
+    if chosen.ipxe:
         lines += [
             "# Legacy PXE ROMs chainload iPXE; iPXE (user class 'iPXE') then gets pxelinux.",
             "dhcp-userclass=set:ipxe,iPXE",
@@ -125,7 +135,7 @@ def render(config: DnsmasqConfig, nodes: Iterable[Node]) -> str:
             "# iPXE's no-pxedhcp setting: no 3 s wait for a ProxyDHCP offer that never comes.",
             "dhcp-option=tag:ipxe,175,b0:01:01",
         ]
-    if config.ipv6_ra:
+    if chosen.ipv6_ra:
         lines += [
             "",
             "# IPv6 router advertisements (--ipv6-ra): iPXE waits ~13 s for one before it boots.",

@@ -37,7 +37,7 @@ def write(path: Path, nodes: Iterable[Node]) -> int:
     return text.count("\n") - 1
 
 
-def merge(text: str, lines: list[str], where: str) -> str:
+def merge(text: str, lines: list[str], source: str) -> str:
     """``text`` with the perceus block replaced by ``lines`` (appended if it has none)."""
     block = [BEGIN, *lines, END]
     existing = text.splitlines(keepends=True)
@@ -48,7 +48,7 @@ def merge(text: str, lines: list[str], where: str) -> str:
         prefix = text if not text or text.endswith("\n") else text + "\n"
         return prefix + "\n".join(block) + "\n"
     if len(begins) != 1 or len(ends) != 1 or ends[0] < begins[0]:
-        raise PerceusError("the perceus block's marker lines are damaged: fix them by hand", where)
+        raise PerceusError("the perceus block's marker lines are damaged: fix them by hand", source)
     before, after = existing[: begins[0]], existing[ends[0] + 1 :]
     return "".join(before) + "\n".join(block) + "\n" + "".join(after)
 

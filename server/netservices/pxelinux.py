@@ -41,11 +41,11 @@ def mac_file(tftp_root: Path, nodeid: str) -> Path:
     return config_dir(tftp_root) / ("01-" + nodeid.lower().replace(":", "-"))
 
 
-def check_append(extra: str, where: str) -> str:
+def check_append(extra: str) -> str:
     """Extra kernel arguments: printable words separated by single spaces."""
     extra = " ".join(extra.split())
     if extra and (not _APPEND.match(extra) or len(extra) > 1024):
-        raise InvalidRequest("--append takes printable kernel arguments on one line", where)
+        raise InvalidRequest("--append takes printable kernel arguments on one line")
     return extra
 
 
@@ -78,7 +78,7 @@ def render_default(master: str, extra: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def default_perceus_label(tftp_root: Path, where: str) -> list[str]:
+def default_perceus_label(tftp_root: Path) -> list[str]:
     """The ``perceus`` entry of the installed default file, as a per-node file repeats it."""
     path = config_dir(tftp_root) / "default"
     try:
@@ -122,18 +122,23 @@ def node_choice(path: Path) -> str | None:
     return first[len(MARKER) :] if first.startswith(MARKER) else None
 
 
-def set_boot(tftp_root: Path, nodeids: list[str], choice: str, where: str) -> int:
+def check_boot(choice: str) -> None:
+    """A boot choice ``node set boot`` knows, else InvalidRequest."""
+    if choice not in BOOT_CHOICES:
+        raise InvalidRequest(f"boot takes local, perceus or default, not {choice!r}")
+
+
+def set_boot(tftp_root: Path, nodeids: list[str], choice: str) -> int:
     """Write (or for ``default`` remove) the nodes' own files; how many nodes that was.
 
     Everything that can fail is checked before the first file is written.
     """
-    if choice not in BOOT_CHOICES:
-        raise InvalidRequest(f"boot takes local, perceus or default, not {choice!r}", where)
+    check_boot(choice)
     if choice == "default":
         for nodeid in nodeids:
             remove(mac_file(tftp_root, nodeid))
         return len(nodeids)
-    text = render_node(choice, default_perceus_label(tftp_root, where))
+    text = render_node(choice, default_perceus_label(tftp_root))
     for nodeid in nodeids:
         install_text(mac_file(tftp_root, nodeid), text)
     return len(nodeids)
@@ -147,7 +152,7 @@ def refresh_nodes(tftp_root: Path) -> int:
     for path in sorted(directory.glob("01-*")):
         if node_choice(path) != "perceus":
             continue
-        entry = entry or default_perceus_label(tftp_root, str(directory))
+        entry = entry or default_perceus_label(tftp_root)
         install_text(path, render_node("perceus", entry))
         count += 1
     return count

@@ -11,7 +11,6 @@ import asyncio
 import concurrent.futures
 import logging
 import queue
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from perceus.server.config import Settings
-from perceus.server.db import Node, open_database
+from perceus.server.db import Database, DatabaseBusy, Node, open_database
 from perceus.server.errors import PerceusError
 from perceus.server.registry import NewNode, add_nodes
 
@@ -38,10 +37,6 @@ class _Job:
 
 
 _STOP = object()
-
-
-def _locked(exc: BaseException) -> bool:
-    return "locked" in str(exc) or "busy" in str(exc)
 
 
 class CheckinWriter:
@@ -102,7 +97,7 @@ class CheckinWriter:
         finally:
             db.close()
 
-    def _process(self, db, batch: list[_Job]) -> None:
+    def _process(self, db: Database, batch: list[_Job]) -> None:
         try:
             records: list[tuple[_Job, Node]] = []
             fresh: dict[str, list[_Job]] = {}
@@ -128,13 +123,13 @@ class CheckinWriter:
                 if not job.future.done():
                     job.future.set_exception(PerceusError(f"node database: {exc}"))
 
-    def _record(self, db, records: list[tuple[_Job, Node]]) -> None:
+    def _record(self, db: Database, records: list[tuple[_Job, Node]]) -> None:
         with db.transaction():
             for job, node in records:
                 db.record_checkin(node.nodeid, status=job.state, ipaddr=job.ipaddr, when=job.when)
         self.commits += 1
 
-    def _add(self, db, macs: list[str]) -> dict[str, Node]:
+    def _add(self, db: Database, macs: list[str]) -> dict[str, Node]:
         """Add unknown MACs in one transaction; if another process added one meanwhile, one by one."""
         try:
             added = self._retry(
@@ -158,8 +153,8 @@ class CheckinWriter:
         for attempt in range(LOCK_RETRIES):
             try:
                 return work()
-            except (PerceusError, sqlite3.OperationalError) as exc:
-                if not _locked(exc) or attempt == LOCK_RETRIES - 1:
+            except DatabaseBusy:  # another writer (perceus node import, a second master) holds it
+                if attempt == LOCK_RETRIES - 1:
                     raise
                 time.sleep(0.05 * 2**attempt)
         raise AssertionError("unreachable")
