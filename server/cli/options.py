@@ -3,10 +3,13 @@
 CLI modules share these instead of importing each other's helpers.
 """
 
+from collections.abc import Sequence
+
 import click
 from click.shell_completion import CompletionItem
 
 from perceus.server.cli.app import App
+from perceus.server.cli.errors import command_where
 from perceus.server.db import Node
 from perceus.server.selection import select_nodes
 
@@ -34,8 +37,10 @@ def complete_nodes(ctx: click.Context, param: click.Parameter, incomplete: str) 
     return [CompletionItem(key) for key in keys if key.startswith(incomplete)]
 
 
-def selected(app: App, patterns: tuple[str, ...], where: str) -> list[Node]:
-    """The nodes the arguments name (bracket ranges, globs; MACs with -i), in listing order."""
+def selected(app: App, patterns: Sequence[str]) -> list[Node]:
+    """The nodes the arguments name (bracket ranges, globs; MACs with -i), in listing order;
+    errors and warnings that name no place name the running command."""
+    where = command_where(click.get_current_context())
     chosen = select_nodes(app.db.nodes(), patterns, app.by_nodeid, where, app.warn)
     app.debug(f"{' '.join(patterns) or 'all nodes'}: {len(chosen)} nodes")
     return chosen

@@ -175,7 +175,7 @@ def configure(app: App, name: str, root_password, lock_root, console, master) ->
 @pass_app
 def livesync(app: App, name: str, nodes, dry_run: bool, parallel: int, timeout: float) -> None:
     """rsync the mounted VNFS onto running nodes (default: every node using it)."""
-    chosen = selected(app, nodes, "vnfs livesync") if nodes else None
+    chosen = selected(app, nodes) if nodes else None
     plan = sync.plan_livesync(app.instance, name, chosen)
     synced = sync.run_livesync(plan, parallel=parallel, dry_run=dry_run, timeout=timeout)
     for host in sorted(synced.results):
