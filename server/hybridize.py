@@ -214,7 +214,7 @@ def fstab_with_mount(fstab: str, master: str, statedir: str, mount_point: str) -
 
 def _check_name(vnfs_name: str) -> None:
     if not vnfs_name or "/" in vnfs_name or vnfs_name in (".", "..") or "\0" in vnfs_name:
-        raise PerceusError(f"not a VNFS name: {vnfs_name!r}", "hybridize")
+        raise PerceusError(f"not a VNFS name: {vnfs_name!r}")
 
 
 def plan(
@@ -238,9 +238,9 @@ def plan(
     _check_name(vnfs_name)
     mount = _normal(mount_point or statedir)
     if not str(statedir).startswith("/") or mount == "/":
-        raise PerceusError(f"state directory and mount point must be absolute: {statedir!r}", "hybridize")
+        raise PerceusError(f"state directory and mount point must be absolute: {statedir!r}")
     if not master or any(ch.isspace() or ch in "#\\" for ch in master):
-        raise PerceusError(f"not a master address: {master!r}", "hybridize")
+        raise PerceusError(f"not a master address: {master!r}")
     relpaths = matches(root, patterns)
     guarded = [mount.lstrip("/"), *(k.lstrip("/") for k in _KEEP_LOCAL)]
     guarded += [r for r in (resolve_in_root(root, g) for g in list(guarded)) if r]

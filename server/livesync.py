@@ -89,19 +89,19 @@ def skip_pattern(entry: str) -> str:
 def _check_host(host: str) -> str:
     """The host as rsync's remote spec wants it; refuses anything ssh could read as an option."""
     if not host or len(host) > 253 or not _HOST.fullmatch(host):
-        raise InvalidRequest(f"not a node address: {host!r}", "livesync")
+        raise InvalidRequest(f"not a node address: {host!r}")
     return f"[{host}]" if ":" in host else host
 
 
 def _check_remote_root(remote_root: str) -> None:
     if not remote_root.startswith("/") or any(ord(ch) < 32 for ch in remote_root):
-        raise InvalidRequest(f"remote root must be an absolute path: {remote_root!r}", "livesync")
+        raise InvalidRequest(f"remote root must be an absolute path: {remote_root!r}")
 
 
 def _check_ssh_options(options: Sequence[str]) -> None:
     for option in options:
         if any(ch in option for ch in "'\"\n\r\0"):
-            raise InvalidRequest(f"ssh option with quotes or newlines: {option!r}", "livesync")
+            raise InvalidRequest(f"ssh option with quotes or newlines: {option!r}")
 
 
 def rsync_command(
@@ -279,7 +279,7 @@ def livesync(
     if source.resolve() == Path("/"):
         raise InvalidRequest("refusing to synchronise the master's own root filesystem to nodes", str(source))
     if parallel < 1 or timeout <= 0:
-        raise InvalidRequest("parallel must be >= 1 and timeout > 0", "livesync")
+        raise InvalidRequest("parallel must be >= 1 and timeout > 0")
     _check_ssh_options(ssh_options)
     _check_remote_root(remote_root)
     io_timeout = max(1, min(int(timeout), 300))

@@ -54,9 +54,9 @@ UNFINISHED = (".image.", ".hybrid.", ".manifest.")
 SCRATCH = (".new", ".rebuild", ".edit")  # hidden directories beside the VNFS while one is built
 
 
-def check_name(name: str, where: str) -> str:
+def check_name(name: str) -> str:
     if not NAME.match(name) or ".." in name:
-        raise InvalidRequest(f"not a VNFS name: {name!r}", where)
+        raise InvalidRequest(f"not a VNFS name: {name!r}")
     return name
 
 
@@ -117,22 +117,22 @@ class VnfsStore:
             return []
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and NAME.match(p.name))
 
-    def get(self, name: str, where: str) -> Vnfs:
-        check_name(name, where)
+    def get(self, name: str) -> Vnfs:
+        check_name(name)
         path = self.root / name
         if not (path / MANIFEST).is_file():
-            raise PerceusError(f"VNFS '{name}' does not exist", where)
+            raise PerceusError(f"VNFS '{name}' does not exist")
         return Vnfs(name, path)
 
     def exists(self, name: str) -> bool:
         return (self.root / name / MANIFEST).is_file()
 
     @contextmanager
-    def building(self, name: str, where: str) -> Iterator[Path]:
+    def building(self, name: str) -> Iterator[Path]:
         """A scratch directory that becomes VNFS ``name`` when the block succeeds."""
-        check_name(name, where)
+        check_name(name)
         if self.exists(name):
-            raise PerceusError(f"VNFS '{name}' already exists", where)
+            raise PerceusError(f"VNFS '{name}' already exists")
         self.root.mkdir(parents=True, exist_ok=True)
         _remove_abandoned(self.root)
         scratch = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".new", dir=self.root))
@@ -145,7 +145,7 @@ class VnfsStore:
                 os.rename(scratch, self.root / name)  # fails if a racing command created it
             except OSError as exc:
                 if (self.root / name).exists():
-                    raise PerceusError(f"VNFS '{name}' already exists", where) from exc
+                    raise PerceusError(f"VNFS '{name}' already exists") from exc
                 raise
         except BaseException:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -337,7 +337,7 @@ def _commit(vnfs: Vnfs, manifest: dict) -> None:
     settle(vnfs)
 
 
-def import_capsule(store: VnfsStore, path: Path, name: str | None, where: str, progress=None) -> Vnfs:
+def import_capsule(store: VnfsStore, path: Path, name: str | None, progress=None) -> Vnfs:
     """Import a capsule (or an original Perceus one, converted first): all of it, or nothing."""
     if not path.is_file():
         raise PerceusError("no such file", str(path))
@@ -350,7 +350,7 @@ def import_capsule(store: VnfsStore, path: Path, name: str | None, where: str, p
         with tempfile.TemporaryDirectory(prefix=".convert.", dir=store.root) as scratch:
             converted = Path(scratch) / "converted.vnfs"
             capsule.legacy.convert(path, converted)
-            return import_capsule(store, converted, name or _legacy_name(path), where, progress)
+            return import_capsule(store, converted, name or _legacy_name(path), progress)
     with capsule.open(path) as c:
         c.verify(progress)
         manifest = c.manifest
@@ -358,9 +358,9 @@ def import_capsule(store: VnfsStore, path: Path, name: str | None, where: str, p
             raise PerceusError(f"this capsule is a {manifest.kind}, not a vnfs", str(path))
         if manifest.rootfs is None:
             raise PerceusError("this capsule has no root tree", str(path))
-        name = check_name(name or manifest.fullname, where)
+        name = check_name(name or manifest.fullname)
         image_file = _image_file(manifest.rootfs.sha256)
-        with store.building(name, where) as scratch:
+        with store.building(name) as scratch:
             for member in manifest.members:
                 target = scratch / (image_file if member.name == "rootfs" else member.name)
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -371,7 +371,7 @@ def import_capsule(store: VnfsStore, path: Path, name: str | None, where: str, p
             os.symlink(image_file, scratch / IMAGE)
             rootfs = manifest.rootfs.as_dict() | {"offset": 0, "file": image_file}
             atomic_write(scratch / MANIFEST, json.dumps(_stored_manifest(manifest, rootfs), indent=1) + "\n")
-    return store.get(name, where)
+    return store.get(name)
 
 
 def _legacy_name(path: Path) -> str | None:
@@ -419,9 +419,9 @@ def export_capsule(vnfs: Vnfs, out: Path, overwrite: bool, progress=None) -> Pat
     return capsule.output_path(out, manifest)
 
 
-def clone(store: VnfsStore, source: Vnfs, name: str, where: str) -> Vnfs:
+def clone(store: VnfsStore, source: Vnfs, name: str) -> Vnfs:
     """A copy under a new name (hybridized content hard-linked where it can be)."""
-    with _locked(source), store.building(name, where) as scratch:
+    with _locked(source), store.building(name) as scratch:
         for entry in source.path.iterdir():
             if entry.name == MOUNTED:
                 continue
@@ -430,7 +430,7 @@ def clone(store: VnfsStore, source: Vnfs, name: str, where: str) -> Vnfs:
                 shutil.copytree(entry, target, symlinks=True, copy_function=_link_or_copy)
             else:
                 shutil.copy2(entry, target, follow_symlinks=False)
-    return store.get(name, where)
+    return store.get(name)
 
 
 def _link_or_copy(src: str, dst: str) -> None:
@@ -478,7 +478,7 @@ def _put_back(hybrid: Path, dest: Path) -> None:
         os.utime(holder, ns=(info.st_atime_ns, info.st_mtime_ns), follow_symlinks=False)
 
 
-def build_image(vnfs: Vnfs, tree: Path, site: Site, where: str, progress=None) -> image.PackResult:
+def build_image(vnfs: Vnfs, tree: Path, site: Site, progress=None) -> image.PackResult:
     """Pack ``tree`` into a new image of the VNFS, hybridizing as its list says, and commit it:
     the image file and hybrid directory are new names beside the current ones until the
     manifest naming them replaces the old one."""
@@ -490,7 +490,7 @@ def build_image(vnfs: Vnfs, tree: Path, site: Site, where: str, progress=None) -
     )
     if symlink_over and not site.master:
         raise PerceusError(
-            "hybridized paths need the master's address: set 'vnfs transfer master' in perceus.conf", where
+            "hybridized paths need the master's address: set 'vnfs transfer master' in perceus.conf"
         )
     if symlink_over:
         hybridize.ensure_mount_point(tree, f"{site.statedir}/vnfs")
@@ -545,10 +545,10 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def mount(vnfs: Vnfs, site: Site, where: str, progress=None) -> Path:
+def mount(vnfs: Vnfs, site: Site, progress=None) -> Path:
     """A writable working tree at ``<vnfs mount directory>/NAME`` (guide 4.3.3)."""
     if vnfs.mounted_at is not None:
-        raise PerceusError(f"VNFS '{vnfs.name}' is already mounted at {vnfs.mounted_at}", where)
+        raise PerceusError(f"VNFS '{vnfs.name}' is already mounted at {vnfs.mounted_at}")
     target = site.mount_root / vnfs.name
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise PerceusError("the mount point exists and is not empty", str(target))
@@ -567,31 +567,31 @@ def mount(vnfs: Vnfs, site: Site, where: str, progress=None) -> Path:
     return target
 
 
-def _working_tree(vnfs: Vnfs, where: str) -> Path:
+def _working_tree(vnfs: Vnfs) -> Path:
     tree = vnfs.mounted_at
     if tree is None:
-        raise PerceusError(f"VNFS '{vnfs.name}' is not mounted", where)
+        raise PerceusError(f"VNFS '{vnfs.name}' is not mounted")
     busy = mounts_below(tree)
     if busy:
-        raise PerceusError(f"something is mounted inside the working tree: {busy[0]}", where)
+        raise PerceusError(f"something is mounted inside the working tree: {busy[0]}")
     return tree
 
 
-def umount(vnfs: Vnfs, site: Site, where: str, progress=None) -> image.PackResult:
+def umount(vnfs: Vnfs, site: Site, progress=None) -> image.PackResult:
     """Rebuild the image from the working tree, replace it atomically, remove the tree."""
-    tree = _working_tree(vnfs, where)
-    result = build_image(vnfs, tree, site, where, progress)
-    close(vnfs, where)
+    tree = _working_tree(vnfs)
+    result = build_image(vnfs, tree, site, progress)
+    close(vnfs)
     return result
 
 
-def close(vnfs: Vnfs, where: str) -> None:
+def close(vnfs: Vnfs) -> None:
     """Throw the working tree away, changes and all.
 
     Renaming the tree aside closes it; the marker and the tree are removed after. What a
     failure there leaves is harmless: a marker naming no tree means not mounted (the next
     mount replaces it) and the next close removes a tree left aside."""
-    tree = _working_tree(vnfs, where)
+    tree = _working_tree(vnfs)
     doomed = tree.with_name(f".{tree.name}.closing")
     shutil.rmtree(doomed, ignore_errors=True)  # an earlier close's, if it stopped after its rename
     os.rename(tree, doomed)
@@ -617,21 +617,21 @@ def _scratch_tree(vnfs: Vnfs, purpose: str) -> Iterator[Path]:
             os.close(held)
 
 
-def rebuild(vnfs: Vnfs, site: Site, where: str, progress=None) -> image.PackResult:
+def rebuild(vnfs: Vnfs, site: Site, progress=None) -> image.PackResult:
     """Repack the image: from the working tree if mounted, else from the image itself
     (so a changed hybridize list takes effect)."""
     if vnfs.mounted_at is not None:
-        return build_image(vnfs, _working_tree(vnfs, where), site, where, progress)
+        return build_image(vnfs, _working_tree(vnfs), site, progress)
     with _scratch_tree(vnfs, "rebuild") as tree:
-        return build_image(vnfs, tree, site, where, progress)
+        return build_image(vnfs, tree, site, progress)
 
 
 @contextmanager
-def editable_tree(vnfs: Vnfs, site: Site, where: str) -> Iterator[Path]:
+def editable_tree(vnfs: Vnfs, site: Site) -> Iterator[Path]:
     """The tree to change: the mounted one (rebuilt at umount), else a scratch copy rebuilt now."""
     if vnfs.mounted_at is not None:
-        yield _working_tree(vnfs, where)
+        yield _working_tree(vnfs)
         return
     with _scratch_tree(vnfs, "edit") as tree:
         yield tree
-        build_image(vnfs, tree, site, where)
+        build_image(vnfs, tree, site)

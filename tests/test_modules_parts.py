@@ -149,8 +149,8 @@ def test_module_json_and_states_are_parsed_strictly() -> None:
     ):
         with pytest.raises(PerceusError, match=re.escape(message)):
             ModuleInfo.parse(json.dumps(good | change).encode(), "x")
-    assert str(Activation.parse("ready/group/a.b-c_d", "x")) == "ready/group/a.b-c_d"
-    assert Activation.parse("init/node/n1", "x").directory(Path("/s")) == Path("/s/init/node/n1")
+    assert str(Activation.parse("ready/group/a.b-c_d")) == "ready/group/a.b-c_d"
+    assert Activation.parse("init/node/n1").directory(Path("/s")) == Path("/s/init/node/n1")
 
 
 def shared_block(path: Path, start: str, end: str) -> str:

@@ -5,22 +5,17 @@ in, one self-describing capsule out, named by the guide's convention when OUT is
 directory. None of these commands needs an initialised perceus.
 """
 
-import contextlib
-import functools
-import os
 import re
-import sys
-from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 
 import click
 
-from perceus import capsule
 from perceus.capsule.format import ENCODING_RAW, FORMAT_VERSION, STATES
 from perceus.server.cli.app import App, pass_app
 from perceus.server.cli.errors import PerceusGroup
-from perceus.server.errors import InvalidRequest, PerceusError
+from perceus.server.cli.output import human_size, progress_bar
+from perceus.server.services import capsules as service
 
 _SIZE = re.compile(r"(\d+)\s*([KMG]?)(i?B)?", re.IGNORECASE)
 
@@ -42,89 +37,9 @@ class ByteSize(click.ParamType):
         return size
 
 
-def human(size: int) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
-        size /= 1024
-    return str(size)  # pragma: no cover
-
-
-def failures(where: str) -> Callable:
-    """Turn the capsule layer's and the system's errors into perceus's one-line errors."""
-
-    def decorate(func: Callable) -> Callable:
-        @functools.wraps(func)
-        def wrapper(*args, **kwargs):
-            try:
-                return func(*args, **kwargs)
-            except capsule.MetaError as exc:
-                raise InvalidRequest(exc.reason, exc.path or where) from None
-            except capsule.CapsuleError as exc:
-                raise PerceusError(exc.reason, exc.path or where) from None
-            except OSError as exc:
-                raise PerceusError(exc.strerror or str(exc), exc.filename or where) from None
-
-        return wrapper
-
-    return decorate
-
-
-@contextlib.contextmanager
-def progress_bar(label: str, total: int | None) -> Iterator[Callable[[int], None] | None]:
-    """A bar on a terminal, nothing otherwise: yields the callable that advances it (or None)."""
-    if not total or not sys.stdout.isatty():
-        yield None
-        return
-    with click.progressbar(length=total, label=label, show_eta=True) as bar:
-        yield bar.update
-
-
-def tree_bytes(root: Path) -> int:
-    total = 0
-    for directory, _, files in os.walk(root):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(directory, name)).st_size
-    return total
-
-
 @click.group("capsule", cls=PerceusGroup)
 def capsule_group() -> None:
     """Pack, inspect, verify and unpack VNFS capsules (.vnfs) and modules (.pmod)."""
-
-
-def _meta(out: Path, options: dict[str, str | None], where: str) -> capsule.Meta:
-    """Options first; what they leave open comes from OUT's conventional name; then defaults."""
-    fields = None if out.is_dir() else capsule.parse_capsule_filename(out.name)
-    if fields is not None and fields["kind"] != "vnfs":
-        fields = None
-    values = {}
-    for key, default in (
-        ("name", None),
-        ("version", None),
-        ("revision", "1"),
-        ("state", "stateless"),
-        ("arch", None),
-    ):
-        given, named = options.get(key), fields.get(key) if fields else None
-        if given is not None and named is not None and given != named:
-            raise InvalidRequest(f"--{key} {given} contradicts OUT's name, which says {named}", where)
-        values[key] = given if given is not None else named if named is not None else default
-    for key in ("name", "version"):
-        if values[key] is None:
-            raise InvalidRequest(
-                f"--{key} is required unless OUT is named name-version-revision.state.arch.vnfs", where
-            )
-    return capsule.Meta(
-        name=values["name"],
-        version=values["version"],
-        revision=values["revision"],
-        state=values["state"],
-        arch=values["arch"],
-        os=options.get("os"),
-        kernel_args=options["kernel_args"] or "",
-    )
 
 
 @capsule_group.command()
@@ -189,15 +104,19 @@ def _meta(out: Path, options: dict[str, str | None], where: str) -> capsule.Meta
 )
 @click.option("-f", "--force", is_flag=True, help="Replace OUT if it exists.")
 @pass_app
-@failures("capsule pack")
 def pack(
     app: App,
     rootdir: Path,
     out: Path,
+    name: str | None,
     version_: str | None,
+    revision: str | None,
+    state: str | None,
+    arch: str | None,
     os_name: str | None,
     kernel: Path | None,
     no_kernel: bool,
+    kernel_args: str | None,
     config_file: Path | None,
     hybridize: Path | None,
     livesync_skip: Path | None,
@@ -206,52 +125,46 @@ def pack(
     threads: int,
     chunk_size: int,
     force: bool,
-    **options,
 ) -> None:
     """Pack the root tree ROOTDIR into the capsule OUT (a file, or a directory to name it in)."""
-    where = "capsule pack"
-    if kernel is not None and no_kernel:
-        raise InvalidRequest("give --kernel or --no-kernel, not both", where)
-    if options["kernel_args"] is None and config_file is None:
-        options["kernel_args"] = "quiet"
-    meta = _meta(out, options | {"version": version_, "os": os_name}, where)
-    files = {
-        name: path
-        for name, path in (
-            ("config", config_file),
-            ("hybridize", hybridize),
-            ("livesync.skip", livesync_skip),
-        )
-        if path is not None
-    }
-    total = tree_bytes(rootdir) if sys.stdout.isatty() else None
-    with progress_bar("Packing", total) as advance:
-        manifest = capsule.pack(
-            rootdir,
-            out,
-            meta,
-            kernel=False if no_kernel else kernel,
-            files=files,
-            nodescripts=nodescripts,
-            level=level,
-            threads=threads,
-            chunk_size=chunk_size,
-            overwrite=force,
-            progress=advance,
-            on_kernel=lambda inside: app.info(f"Using the tree's kernel {inside}"),
-        )
-    path = capsule.output_path(out, manifest)
+    request = service.PackRequest(
+        rootdir,
+        out,
+        name=name,
+        version=version_,
+        revision=revision,
+        state=state,
+        arch=arch,
+        os=os_name,
+        kernel_args=kernel_args,
+        kernel=kernel,
+        no_kernel=no_kernel,
+        config=config_file,
+        hybridize=hybridize,
+        livesync_skip=livesync_skip,
+        nodescripts=nodescripts,
+        level=level,
+        threads=threads,
+        chunk_size=chunk_size,
+        overwrite=force,
+    )
+    written = service.pack(
+        request,
+        progress_bar("Packing"),
+        on_kernel=lambda inside: app.info(f"Using the tree's kernel {inside}"),
+    )
+    manifest, path = written.manifest, written.path
     if manifest.kernel_version is None and not no_kernel:
         app.warn(f"perceus: warning: no kernel in {path.name}: nodes cannot boot it (give --kernel)")
     rootfs = manifest.rootfs
     assert rootfs is not None
     app.info(
-        f"Capsule {manifest.fullname} written to {path}: {human(path.stat().st_size)}, root tree "
-        f"{human(rootfs.usize)} in {len(rootfs.chunks)} chunks ({rootfs.entries} entries)"
+        f"Capsule {manifest.fullname} written to {path}: {human_size(path.stat().st_size)}, root tree "
+        f"{human_size(rootfs.usize)} in {len(rootfs.chunks)} chunks ({rootfs.entries} entries)"
     )
 
 
-def _describe(c: capsule.Capsule) -> list[str]:
+def _describe(c: service.CapsuleInfo) -> list[str]:
     m = c.manifest
     created = datetime.fromisoformat(m.created.replace("Z", "+00:00")).strftime("%Y-%m-%d %H:%M:%S UTC")
     rows = [
@@ -268,7 +181,7 @@ def _describe(c: capsule.Capsule) -> list[str]:
         ("Kernel args", m.kernel_args),
         ("Created", created),
         ("Created by", m.tool),
-        ("Format", f"version {FORMAT_VERSION}, {human(c.size)}"),
+        ("Format", f"version {FORMAT_VERSION}, {human_size(c.size)}"),
     ]
     lines = [f"{label + ':':<18} {value}" for label, value in rows]
     lines += ["", "Members:", f"   {'Name':<32} {'Offset':>12} {'Size':>12}  SHA256"]
@@ -277,7 +190,7 @@ def _describe(c: capsule.Capsule) -> list[str]:
         if member.encoding != ENCODING_RAW:
             lines.append(
                 f"   {'':<32} {'':>12} {'':>12}  {len(member.chunks)} chunks, {member.entries} entries, "
-                f"{human(member.usize)} unpacked"
+                f"{human_size(member.usize)} unpacked"
             )
     return lines
 
@@ -286,26 +199,23 @@ def _describe(c: capsule.Capsule) -> list[str]:
 @click.argument("path", metavar="CAPSULE", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @pass_app
-@failures("capsule inspect")
 def inspect(app: App, path: Path, as_json: bool) -> None:
     """Show what a capsule holds (its header and manifest are checked, not every byte)."""
-    with capsule.open(path) as c:
-        if as_json:
-            app.emit_json({"format_version": FORMAT_VERSION, "size": c.size, **c.manifest.as_dict()})
-        else:
-            click.echo("\n".join(_describe(c)))
+    info = service.inspect(path)
+    if as_json:
+        app.emit_json({"format_version": FORMAT_VERSION, "size": info.size, **info.manifest.as_dict()})
+    else:
+        click.echo("\n".join(_describe(info)))
 
 
 @capsule_group.command()
 @click.argument("path", metavar="CAPSULE", type=click.Path(dir_okay=False, path_type=Path))
 @pass_app
-@failures("capsule verify")
 def verify(app: App, path: Path) -> None:
     """Check every byte of a capsule: header, manifest, each member's sha256, each image frame."""
-    with capsule.open(path) as c, progress_bar("Verifying", c.size) as advance:
-        c.verify(advance)
-        m = c.manifest
-        app.info(f"Capsule {m.fullname} is intact: {len(m.members)} members, {human(c.size)} checked")
+    info = service.verify(path, progress_bar("Verifying"))
+    m = info.manifest
+    app.info(f"Capsule {m.fullname} is intact: {len(m.members)} members, {human_size(info.size)} checked")
 
 
 @capsule_group.command()
@@ -314,19 +224,15 @@ def verify(app: App, path: Path) -> None:
 @click.option("--no-devices", is_flag=True, help="Refuse device nodes in the root tree.")
 @click.option("--no-same-owner", is_flag=True, help="Files belong to the caller, not the archived owner.")
 @pass_app
-@failures("capsule unpack")
 def unpack(app: App, path: Path, dest: Path, no_devices: bool, no_same_owner: bool) -> None:
     """Unpack CAPSULE: the root tree into DIR/rootfs, the other members beside it."""
-    with capsule.open(path) as c:
-        rootfs = c.manifest.rootfs
-    with progress_bar("Unpacking", rootfs.usize if rootfs else None) as advance:
-        manifest = capsule.unpack(
-            path,
-            dest,
-            allow_devices=not no_devices,
-            same_owner=False if no_same_owner else None,
-            progress=advance,
-        )
+    manifest = service.unpack(
+        path,
+        dest,
+        allow_devices=not no_devices,
+        same_owner=False if no_same_owner else None,
+        progress=progress_bar("Unpacking"),
+    )
     app.info(
         f"Capsule {manifest.fullname} unpacked into {dest}: {', '.join(m.name for m in manifest.members)}"
     )
@@ -338,8 +244,7 @@ def unpack(app: App, path: Path, dest: Path, no_devices: bool, no_same_owner: bo
 @click.option("--allow-devices", is_flag=True, help="Accept device nodes in the old root tree.")
 @click.option("-f", "--force", is_flag=True, help="Replace OUT if it exists.")
 @pass_app
-@failures("capsule convert")
 def convert(app: App, legacy: Path, out: Path, allow_devices: bool, force: bool) -> None:
     """Convert an original Perceus capsule (a bzip2 tar) into a capsule."""
-    manifest = capsule.legacy.convert(legacy, out, allow_devices=allow_devices, overwrite=force)
-    app.info(f"Capsule {manifest.fullname} written to {capsule.output_path(out, manifest)}")
+    written = service.convert(legacy, out, allow_devices=allow_devices, overwrite=force)
+    app.info(f"Capsule {written.manifest.fullname} written to {written.path}")

@@ -1,8 +1,15 @@
-"""Tables in the original's columns, so scripts that parse them keep working."""
+"""Tables in the original's columns, so scripts that parse them keep working; sizes and
+progress bars as the commands show them."""
 
+import contextlib
+import sys
 import time
+from collections.abc import Callable, Iterator
+
+import click
 
 from perceus.server.db import Node
+from perceus.server.services.progress import Advance, Progress
 
 STATUS_HEADER = f"{'HostName':<20} {'Status':<14} {'IP Address':<22} Last Contact"
 SUMMARY_HEADER = f"{'HostName':<20} {'GroupName':<16} {'Enabled':<9} Vnfs"
@@ -62,3 +69,27 @@ def summary_json(node: Node) -> dict:
         "enabled": bool(node.enabled),
         "vnfs": node.vnfs,
     }
+
+
+def human_size(size: float) -> str:
+    """``512 bytes``, ``1.5 KiB`` ... ``3.0 GiB`` (powers of 1024)."""
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1024
+    return str(size)  # pragma: no cover
+
+
+def progress_bar(label: str) -> Progress:
+    """A service's progress as a bar on a terminal, and as nothing (the total never counted) otherwise."""
+
+    @contextlib.contextmanager
+    def bar(total: Callable[[], int | None], /) -> Iterator[Advance | None]:
+        length = total() if sys.stdout.isatty() else None
+        if not length:
+            yield None
+            return
+        with click.progressbar(length=length, label=label, show_eta=True) as shown:
+            yield shown.update
+
+    return bar

@@ -33,10 +33,10 @@ _KEYS = {"name", "version", "description", "states", "secret"}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-def check_name(name: str, where: str, what: str = "module name") -> str:
+def check_name(name: str, what: str = "module name") -> str:
     """A name safe as one path component (no '/', no leading '.', nothing but [A-Za-z0-9._-])."""
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise InvalidRequest(f"not a {what}: {name!r} (use letters, digits, '-', '_' and '.')", where)
+        raise InvalidRequest(f"not a {what}: {name!r} (use letters, digits, '-', '_' and '.')")
     return name
 
 
@@ -49,16 +49,14 @@ class Activation:
     name: str = ""
 
     @classmethod
-    def parse(cls, text: str, where: str) -> "Activation":
+    def parse(cls, text: str) -> "Activation":
         parts = text.split("/")
         usage = f"not a state: {text!r} (use STATE/all or STATE/group|vnfs|node/NAME)"
         if len(parts) == 2 and parts[1] == "all":
-            return cls(check_name(parts[0], where, "state name"), "all")
+            return cls(check_name(parts[0], "state name"), "all")
         if len(parts) == 3 and parts[1] in SCOPES[1:]:
-            return cls(
-                check_name(parts[0], where, "state name"), parts[1], check_name(parts[2], where, "name")
-            )
-        raise InvalidRequest(usage, where)
+            return cls(check_name(parts[0], "state name"), parts[1], check_name(parts[2], "name"))
+        raise InvalidRequest(usage)
 
     def __str__(self) -> str:
         return f"{self.state}/{self.scope}" + (f"/{self.name}" if self.name else "")
@@ -80,11 +78,12 @@ class ModuleInfo:
     secret: bool
 
     @classmethod
-    def parse(cls, raw: bytes, where: str) -> "ModuleInfo":
-        """Checked totally: a module.json that is not exactly right is refused, naming why."""
+    def parse(cls, raw: bytes, source: str) -> "ModuleInfo":
+        """Checked totally: a module.json that is not exactly right is refused, naming why and
+        ``source`` (the file it came from)."""
 
         def bad(why: str) -> PerceusError:
-            return PerceusError(f"bad {MODULE_JSON}: {why}", where)
+            return PerceusError(f"bad {MODULE_JSON}: {why}", source)
 
         if len(raw) > MAX_MODULE_JSON:
             raise bad(f"larger than {MAX_MODULE_JSON} bytes")
@@ -110,7 +109,7 @@ class ModuleInfo:
         if not isinstance(states, list) or not all(isinstance(s, str) for s in states):
             raise bad('states must be a list of strings such as "init/all"')
         try:
-            parsed = tuple(Activation.parse(s, where) for s in states)
+            parsed = tuple(Activation.parse(s) for s in states)
         except PerceusError as exc:
             raise bad(exc.what) from None
         return cls(name, version, description, parsed, data["secret"])
@@ -143,7 +142,7 @@ class Module:
     info: ModuleInfo
 
     @classmethod
-    def load(cls, path: Path, where: str) -> "Module":
+    def load(cls, path: Path) -> "Module":
         """The module in directory ``path``; its module.json must name it as the directory does."""
         path = Path(path)
         try:
@@ -154,14 +153,14 @@ class Module:
             ) from None
         info = ModuleInfo.parse(raw, str(path / MODULE_JSON))
         module = cls(path, info)
-        module.check(where)
+        module.check()
         return module
 
     @property
     def name(self) -> str:
         return self.info.name
 
-    def check(self, where: str) -> None:
+    def check(self) -> None:
         """Refuse a module whose defaults name a state it has no scripts for."""
         for activation in self.info.states:
             if not self.scripts(activation.state):

@@ -95,9 +95,7 @@ def _check_inside(directory: Path, statedir: Path) -> None:
         raise PerceusError("the nodescript directory leads outside the state directory", str(directory))
 
 
-def plan_links(
-    paths: Paths, module: Module, activations: Iterable[Activation], where: str
-) -> list[tuple[Path, str]]:
+def plan_links(paths: Paths, module: Module, activations: Iterable[Activation]) -> list[tuple[Path, str]]:
     """The (link, target) pairs activation must create; refuses conflicts and unknown states.
 
     Links already in place (pointing at the same script) are left out, which is what makes
@@ -110,8 +108,7 @@ def plan_links(
         if not scripts:
             have = ", ".join(module.script_states()) or "none"
             raise PerceusError(
-                f"module '{module.name}' has no scripts for state '{activation.state}' (it has: {have})",
-                where,
+                f"module '{module.name}' has no scripts for state '{activation.state}' (it has: {have})"
             )
         directory = activation.directory(paths.nodescripts_dir)
         _check_inside(directory, paths.statedir)
@@ -170,7 +167,7 @@ def resync(paths: Paths, module: Module, warn) -> None:
     remove_links(link for link in mine if not link.path.exists())
     for activation in sorted({link.activation for link in mine}):
         try:
-            create_links(plan_links(paths, module, [activation], "module import"))
+            create_links(plan_links(paths, module, [activation]))
         except PerceusError as exc:
             warn(f"perceus: warning: {exc.what}; '{module.name}' is no longer complete at {activation}")
 

@@ -44,8 +44,8 @@ class ModuleStore:
             if NAME_RE.fullmatch(e.name) and e.is_dir(follow_symlinks=False)
         )
 
-    def get(self, name: str, where: str) -> Module:
-        return Module.load(self.path_of(name, where), where)
+    def get(self, name: str) -> Module:
+        return Module.load(self.path_of(name))
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -60,7 +60,7 @@ class ModuleStore:
 
     # -- import ----------------------------------------------------------------------------
 
-    def import_capsule(self, path: Path, force: bool, where: str, warn: Callable[[str], None]) -> Module:
+    def import_capsule(self, path: Path, force: bool, warn: Callable[[str], None]) -> Module:
         """Install the module in a ``.pmod``: every byte checked, all of it or nothing."""
         if not Path(path).is_file():
             raise PerceusError("no such file", str(path))
@@ -70,14 +70,14 @@ class ModuleStore:
                 f"not a module but a {manifest.kind} capsule (use perceus vnfs import)", str(path)
             )
         _check_members(manifest, str(path))
-        name = check_name(manifest.name, where)
+        name = check_name(manifest.name)
         if (self.root / name).exists() and not force:
-            raise PerceusError(f"module '{name}' is already imported (give --force to replace it)", where)
+            raise PerceusError(f"module '{name}' is already imported (give --force to replace it)")
         self.root.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".import", dir=self.root))
         try:
             capsule.unpack(path, work / "m")
-            module = Module.load(work / "m", str(path))
+            module = Module.load(work / "m")
             if module.info.name != name or module.info.version != manifest.version:
                 raise PerceusError(
                     f"{MODULE_JSON} says {module.info.name} {module.info.version}, "
@@ -87,11 +87,9 @@ class ModuleStore:
             with self.locked():
                 target = self.root / name
                 if target.exists() and not force:
-                    raise PerceusError(
-                        f"module '{name}' is already imported (give --force to replace it)", where
-                    )
+                    raise PerceusError(f"module '{name}' is already imported (give --force to replace it)")
                 replace_tree(work / "m", target)
-                installed = Module.load(target, where)
+                installed = Module.load(target)
                 linkops.resync(self.paths, installed, warn)
         finally:
             shutil.rmtree(work, ignore_errors=True)
@@ -116,7 +114,7 @@ class ModuleStore:
                 try:
                     shutil.copytree(entry, work / "m", symlinks=False, ignore=_skip_junk)
                     _fix_modes(work / "m")
-                    Module.load(work / "m", str(entry))
+                    Module.load(work / "m")
                     os.chmod(work / "m", 0o755)
                     os.rename(work / "m", self.root / entry.name)
                     fsync_dir(self.root)
@@ -127,12 +125,12 @@ class ModuleStore:
 
     # -- delete ----------------------------------------------------------------------------
 
-    def path_of(self, name: str, where: str) -> Path:
+    def path_of(self, name: str) -> Path:
         """An installed module's directory, without reading it (a broken module can be deleted)."""
-        check_name(name, where)
+        check_name(name)
         path = self.root / name
         if not path.is_dir() or path.is_symlink():
-            raise PerceusError(f"no module named '{name}' (see perceus module list)", where)
+            raise PerceusError(f"no module named '{name}' (see perceus module list)")
         return path
 
     def remove(self, name: str) -> None:
@@ -159,26 +157,25 @@ def _fix_modes(tree: Path) -> None:
             path.chmod(0o755 if executable else 0o644)
 
 
-def _check_members(manifest: capsule.Manifest, where: str) -> None:
+def _check_members(manifest: capsule.Manifest, source: str) -> None:
     """A module carries module.json, nodescripts/<state>/<script>, activate and its own files."""
     names = {m.name for m in manifest.members}
     if MODULE_JSON not in names:
-        raise PerceusError(f"the module has no {MODULE_JSON}", where)
+        raise PerceusError(f"the module has no {MODULE_JSON}", source)
     for member in manifest.members:
         if member.name in ("rootfs", "kernel"):
-            raise PerceusError(f"a module carries no {member.name}", where)
+            raise PerceusError(f"a module carries no {member.name}", source)
         parts = member.name.split("/")
         if parts[0] == NODESCRIPTS and len(parts) != 3:
-            raise PerceusError(f"member {member.name!r} is not nodescripts/<state>/<script>", where)
+            raise PerceusError(f"member {member.name!r} is not nodescripts/<state>/<script>", source)
 
 
 def pack(source: Path, out: Path, force: bool) -> capsule.Manifest:
     """Pack a module directory (module.json, nodescripts/, activate, its files) into a .pmod."""
     source = Path(source)
-    where = str(source)
-    module = Module.load(source, where)
+    module = Module.load(source)
     if not module.script_states():
-        raise PerceusError("the module has no nodescripts/<state>/<script>", where)
+        raise PerceusError("the module has no nodescripts/<state>/<script>", str(source))
     files: dict[str, Path] = {}
     for directory, dirs, names in os.walk(source):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__pycache__")
