@@ -24,7 +24,7 @@ BENCH_APT_PACKAGES := nginx-light
 KERNEL_DIR := .cache/debian-kernel
 KERNEL_STAMP := $(KERNEL_DIR)/.unpacked
 
-.PHONY: setup apt apt-bench kernel test demo bench lint clean
+.PHONY: setup apt apt-bench kernel test test-fast demo bench lint clean
 
 setup: $(STAMP) $(KERNEL_STAMP)
 
@@ -67,9 +67,12 @@ $(STAMP): setup.py pyproject.toml $(NATIVE_SOURCES) | apt
 	$(PY) -m pip install -q --no-build-isolation -e '.[test]'
 	touch $@
 
-test: $(STAMP) $(KERNEL_STAMP)
-	$(VENV)/bin/ruff check .
+test: lint $(KERNEL_STAMP)
 	$(PY) -m pytest -q tests
+
+# The inner loop: no root, network namespaces or QEMU, and none of the long runs.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not netns and not qemu and not slow" tests
 
 demo: $(STAMP) $(KERNEL_STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) tests/e2e/demo.py
@@ -77,8 +80,10 @@ demo: $(STAMP) $(KERNEL_STAMP)
 bench: $(STAMP) $(KERNEL_STAMP) apt-bench
 	$(PY) -m pytest -q bench --benchmark-columns=min,median,max --benchmark-sort=name
 
+# Style, then the room rules (.importlinter).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --config .importlinter
 
 clean:
-	rm -rf $(VENV) .cache build *.egg-info native/*.c native/*.so .pytest_cache .benchmarks
+	rm -rf $(VENV) .cache build *.egg-info native/*.c native/*.so .pytest_cache .benchmarks .import_linter_cache
