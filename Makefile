@@ -71,7 +71,7 @@ test: lint $(KERNEL_STAMP)
 	$(PY) -m pytest -q tests
 
 # The inner loop: no root, network namespaces or QEMU, and none of the long runs.
-test-fast: $(STAMP)
+test-fast: $(STAMP) $(KERNEL_STAMP)
 	$(PY) -m pytest -q -m "not netns and not qemu and not slow" tests
 
 demo: $(STAMP) $(KERNEL_STAMP)

@@ -168,6 +168,7 @@ def test_bad_build_options_are_one_line_and_write_nothing(tmp_path, capsys, args
 # -- the admin's path: default locations, then the TFTP tree from them ---------------------
 
 
+@pytest.mark.slow
 def test_default_build_lands_where_configure_tftp_looks(perceus):
     """``stage1 build`` with no -o: initramfs and its kernel in $STATEDIR/stage1, which
     ``configure tftp`` then serves with no arguments; master and site key baked in."""

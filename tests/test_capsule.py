@@ -1,6 +1,5 @@
 """Capsules: pack a tree, read it back member by member, verify, unpack, and the CLI around it."""
 
-import hashlib
 import json
 import os
 import pty
@@ -12,89 +11,13 @@ from pathlib import Path
 import pytest
 
 from perceus import capsule
-from perceus.capsule.format import HEADER_SIZE, Header
 from perceus.capsule.meta import elf_arch, kernel_version, tree_arch
 
-from conftest import BIN, Instance
+from tests.support.capsule_trees import BUSYBOX, listing, make_tree
+from tests.support.instance import BIN, Instance
 
-BUSYBOX = Path("/bin/busybox")
 ROOT = Path(__file__).resolve().parent.parent
 KERNEL = ROOT / ".cache/debian-kernel/root/boot/vmlinuz"
-
-
-# -- helpers the other capsule tests share ----------------------------------------------------
-
-
-def make_tree(root: Path, *, filler: int = 0, device: bool = True) -> Path:
-    """A tiny busybox root tree: /bin/busybox, applet links, an os-release, a nodescript-worthy mix."""
-    (root / "bin").mkdir(parents=True)
-    (root / "sbin").mkdir()
-    (root / "etc").mkdir()
-    (root / "dev").mkdir()
-    (root / "proc").mkdir()
-    shutil.copy2(BUSYBOX, root / "bin" / "busybox")
-    for applet in ("sh", "echo", "mount", "poweroff", "cat"):
-        (root / "bin" / applet).symlink_to("busybox")
-    (root / "sbin" / "init").symlink_to("/bin/busybox")
-    (root / "etc" / "os-release").write_text('ID=debian\nVERSION_ID="12"\n')
-    (root / "etc" / "motd").write_text("hello from the image\n")
-    (root / "etc" / "secret").write_text("root only\n")
-    os.chmod(root / "etc" / "secret", 0o600)
-    os.link(root / "etc" / "motd", root / "etc" / "motd.hardlink")
-    if device:
-        os.mknod(root / "dev" / "console", stat.S_IFCHR | 0o600, os.makedev(5, 1))
-    for i in range(filler):
-        (root / "etc" / f"filler{i:02d}").write_bytes(os.urandom(40_000))
-    return root
-
-
-def rewrite_manifest(path: Path, mutate) -> None:
-    """Change a capsule's manifest and re-seal the header, so only the schema can object."""
-    data = bytearray(path.read_bytes())
-    header = Header.parse(bytes(data[:HEADER_SIZE]), len(data))
-    manifest = json.loads(data[header.manifest_offset : header.manifest_offset + header.manifest_length])
-    result = mutate(manifest)
-    raw = result if isinstance(result, bytes) else json.dumps(manifest).encode()
-    reseal(path, bytes(data[: header.manifest_offset]) + raw, header.manifest_offset, len(raw))
-
-
-def reseal(path: Path, data: bytes, manifest_offset: int, manifest_length: int, **fields) -> None:
-    """Write data with a correct header (CRC, manifest sha256, length) over its first 80 bytes."""
-    manifest = data[manifest_offset : manifest_offset + manifest_length]
-    header = Header(
-        version=fields.get("version", 1),
-        flags=fields.get("flags", 0),
-        manifest_offset=manifest_offset,
-        manifest_length=manifest_length,
-        file_length=len(data),
-        manifest_sha256=hashlib.sha256(manifest).digest(),
-    )
-    path.write_bytes(header.build() + data[HEADER_SIZE:])
-
-
-def listing(root: Path) -> dict[str, tuple]:
-    """What a tree holds: type, permissions, owner, content or link target, per relative path."""
-    result = {}
-    for directory, dirs, files in os.walk(root):
-        for name in dirs + files:
-            path = Path(directory, name)
-            st = path.lstat()
-            if stat.S_ISREG(st.st_mode):
-                body = hashlib.sha256(path.read_bytes()).hexdigest()
-            elif stat.S_ISLNK(st.st_mode):
-                body = os.readlink(path)
-            elif stat.S_ISCHR(st.st_mode):
-                body = (os.major(st.st_rdev), os.minor(st.st_rdev))
-            else:
-                body = None
-            result[str(path.relative_to(root))] = (
-                stat.S_IFMT(st.st_mode),
-                stat.S_IMODE(st.st_mode),
-                st.st_uid,
-                st.st_gid,
-                body,
-            )
-    return result
 
 
 @pytest.fixture

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from test_capsule import make_tree, reseal, rewrite_manifest
 
 from perceus import capsule
 from perceus.capsule.format import HEADER_SIZE, Header
 from perceus.common import newc
 
-from conftest import Instance
+from tests.support.capsule_trees import make_tree, reseal, rewrite_manifest
+from tests.support.instance import Instance
 
 # -- a valid capsule to damage ----------------------------------------------------------------
 

@@ -8,11 +8,11 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from test_capsule import listing, make_tree
 
 from perceus import capsule
 
-from conftest import Instance
+from tests.support.capsule_trees import listing, make_tree
+from tests.support.instance import Instance
 
 NAME = "caos-nsa-node-1.0-1.stateless.x86_64"
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from conftest import Instance
-from test_guide_examples import macs
+from tests.support.instance import Instance
+from tests.support.macs import macs
 
 USAGE, FAILURE = 2, 1
 

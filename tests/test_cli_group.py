@@ -2,8 +2,8 @@
 
 import json
 
-from conftest import Instance
-from test_guide_examples import macs
+from tests.support.instance import Instance
+from tests.support.macs import macs
 
 
 def grouped(perceus: Instance) -> None:

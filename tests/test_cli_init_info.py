@@ -5,8 +5,8 @@ import os
 import stat
 import subprocess
 
-from conftest import BIN, Instance
-from test_guide_examples import macs
+from tests.support.instance import BIN, Instance
+from tests.support.macs import macs
 
 
 def test_init_sets_everything_up(bare: Instance) -> None:

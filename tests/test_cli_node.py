@@ -3,8 +3,8 @@
 import json
 import time
 
-from conftest import Instance
-from test_guide_examples import macs
+from tests.support.instance import Instance
+from tests.support.macs import macs
 
 
 def test_add_list_and_name_allocation(perceus: Instance) -> None:

@@ -5,12 +5,15 @@ import subprocess
 import sys
 import textwrap
 
-from conftest import BIN, Instance
-from test_guide_examples import macs
+import pytest
+
+from tests.support.instance import BIN, Instance
+from tests.support.macs import macs
 
 CONCURRENT_ADDS = 500
 
 
+@pytest.mark.slow
 def test_concurrent_adds_get_distinct_names(perceus: Instance) -> None:
     """500 separate ``perceus node add`` processes at once: 500 distinct names, no error."""
     addresses = macs(CONCURRENT_ADDS).split()

@@ -5,7 +5,12 @@ import json
 import subprocess
 from pathlib import Path
 
-from test_perceusd_support import (
+from perceus.server import control
+from perceus.server.daemon import serve
+from perceus.stage1.protocol import Bye, ImageRequest, ObjectKind, RawBytes
+
+from tests.support.instance import BIN, Instance
+from tests.support.perceusd import (
     VNFS,
     Node,
     import_vnfs,
@@ -14,12 +19,6 @@ from test_perceusd_support import (
     run,
     settings_of,
 )
-
-from perceus.server import control
-from perceus.server.daemon import serve
-from perceus.stage1.protocol import Bye, ImageRequest, ObjectKind, RawBytes
-
-from conftest import BIN, Instance
 
 
 async def ask(path: Path, line: bytes) -> list[dict]:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from netns import VethPair, run, veth_pair
+import pytest
 
 from perceus.stage1 import dhcp_any, netup
 from perceus.stage1.dhcp_any import (
@@ -36,6 +36,8 @@ from perceus.stage1.dhcp_any import (
     read_link,
     udp_datagram,
 )
+
+from tests.support.netns import VethPair, run, veth_pair
 
 XID = 0x1234ABCD
 MAC = bytes.fromhex("02000aabbccd")
@@ -400,6 +402,7 @@ def lease_in_namespace(pair: VethPair, leases: Path, ib_address: bytes = b"") ->
     return address, lines[0]
 
 
+@pytest.mark.netns
 def test_lease_from_dnsmasq_across_namespaces(tmp_path: Path):
     with veth_pair("dhcp", 253) as pair, dnsmasq(pair, tmp_path) as leases:
         address, line = lease_in_namespace(pair, leases)
@@ -411,6 +414,7 @@ def test_lease_from_dnsmasq_across_namespaces(tmp_path: Path):
         assert line[4] == client_id(ARPHRD_ETHER, mac).hex(":")
 
 
+@pytest.mark.netns
 def test_dnsmasq_answers_rfc4390_requests(tmp_path: Path):
     """The IPoIB form of every request (htype 32, hlen 0, no chaddr, BROADCAST, a DUID-LL of
     the GUID) gets a lease; only the frames around them are Ethernet's."""

@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
-from e2e_sim_support import (
+
+from tests.support.e2e_sim import (
     STEP,
     VNFS,
     Perceusd,
@@ -29,8 +30,7 @@ from e2e_sim_support import (
     shell_vars,
     stage1_sim,
 )
-
-from conftest import BIN, Instance, _environment
+from tests.support.instance import BIN, Instance, environment
 
 MAC = "52:54:00:E2:E0:01"
 MAC2 = "52:54:00:E2:E0:02"
@@ -41,7 +41,7 @@ NAME_RE = re.compile(r"n(\d{4})")
 def capsules(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Two versions of the same VNFS (different random data), packed once for the module."""
     root = tmp_path_factory.mktemp("e2e-capsules")
-    packer = Instance(root, _environment(root))
+    packer = Instance(root, environment(root))
     return {seed: pack_vnfs(packer, root, seed=seed) for seed in ("a", "b")}
 
 
@@ -64,6 +64,7 @@ def node_dir(simdir: Path, mac: str = MAC) -> Path:
 # -- 1. the acceptance test: 256 nodes on an empty database -------------------------------------------
 
 
+@pytest.mark.slow
 def test_256_nodes_boot_on_an_empty_database_and_are_named_n0000_to_n0255(
     site: Instance, tmp_path: Path
 ) -> None:

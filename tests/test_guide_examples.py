@@ -1,10 +1,7 @@
 """The user guide's chapter 5.2 examples, run as written against a throwaway instance."""
 
-from conftest import Instance
-
-
-def macs(count: int, start: int = 0) -> str:
-    return "".join(f"02:00:00:00:{(i >> 8) & 0xFF:02X}:{i & 0xFF:02X}\n" for i in range(start, start + count))
+from tests.support.instance import Instance
+from tests.support.macs import macs
 
 
 def test_set_vnfs_on_ranges_and_globs(perceus: Instance) -> None:

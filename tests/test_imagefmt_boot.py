@@ -14,7 +14,11 @@ import stat
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from perceus.imagefmt import image
+
+pytestmark = pytest.mark.qemu
 
 KERNEL = Path(__file__).resolve().parents[1] / ".cache" / "debian-kernel" / "root" / "boot" / "vmlinuz"
 BUSYBOX = Path("/bin/busybox")

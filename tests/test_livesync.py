@@ -9,11 +9,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from netns import Namespace, SshServer, namespace, sshd
 
 from perceus.server.db import Node
 from perceus.server.errors import InvalidRequest, PerceusError
 from perceus.server.livesync import livesync, node_targets, parse_skip, rsync_command
+
+from tests.support.netns import Namespace, SshServer, namespace, sshd
 
 VNFS = "debian-12-1.stateless.x86_64"
 HYBRID = f"/var/lib/perceus/vnfs/{VNFS}/hybrid"
@@ -351,6 +352,7 @@ def snapshot(root: Path) -> dict[str, tuple]:
     return out
 
 
+@pytest.mark.netns
 def test_livesync_over_ssh(server: SshServer, node_ns: Namespace, tmp_path: Path) -> None:
     source = vnfs_tree(tmp_path / "vnfs")
     node = live_root(tmp_path / "node")
@@ -432,6 +434,7 @@ def test_livesync_over_ssh(server: SshServer, node_ns: Namespace, tmp_path: Path
     assert again == {"n0000": ("ok", "changed 0 items; 1 note: cannot delete non-empty directory: var/log")}
 
 
+@pytest.mark.netns
 def test_a_node_that_hangs_is_killed_at_its_deadline(
     server: SshServer, node_ns: Namespace, tmp_path: Path
 ) -> None:

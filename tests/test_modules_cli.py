@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Instance
+from tests.support.instance import Instance
 
 BUILTINS = ["groupfile", "hostname", "ipaddr", "masterauth", "modprobe", "passwdfile", "syncnodes"]
 

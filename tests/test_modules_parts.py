@@ -17,7 +17,7 @@ from perceus.server.nodescripts import NodeContext, assemble
 from perceus.server.paths import Paths
 from perceus.server.selection import expand_patterns
 
-from conftest import Instance
+from tests.support.instance import Instance
 
 MARK = "# perceus nodescript part: "
 PYTHON_SCRIPTS = sorted(

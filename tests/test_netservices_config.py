@@ -12,7 +12,7 @@ import pytest
 from perceus.server.netservices import dnsmasq as dnsmasq_conf
 from perceus.server.netservices import tftp
 
-from conftest import Instance
+from tests.support.instance import Instance
 
 MAC1, MAC2 = "52:54:00:AA:00:01", "52:54:00:AA:00:02"
 

@@ -10,9 +10,10 @@ import subprocess
 import time
 from pathlib import Path
 
-from netns import VethPair, veth_pair
+import pytest
 
-from conftest import BIN, Instance, Result
+from tests.support.instance import BIN, Instance, Result
+from tests.support.netns import VethPair, veth_pair
 
 NODE_MAC = "52:54:00:fe:00:01"
 TIMEOUT = 60
@@ -117,6 +118,7 @@ def status_lines(result: Result) -> dict[str, str]:
     return dict(line.split(": ", 1) for line in result.lines)
 
 
+@pytest.mark.netns
 def test_pxe_client_gets_a_lease_and_pxelinux_from_the_started_services(
     net: Instance, tmp_path: Path, stage1: tuple[Path, Path]
 ) -> None:
@@ -183,6 +185,7 @@ def test_pxe_client_gets_a_lease_and_pxelinux_from_the_started_services(
             perceus_in(net, made.server_ns, "service", "stop")
 
 
+@pytest.mark.netns
 def test_start_is_all_or_nothing(net: Instance, tmp_path: Path) -> None:
     """dnsmasq cannot start (its device is missing): the perceusd just started is stopped again."""
     with veth_pair("netb", 252, NODE_MAC) as made:

@@ -5,7 +5,11 @@ import stat
 import time
 from pathlib import Path
 
-from test_perceusd_support import (
+from perceus.server.daemon import serve
+from perceus.stage1.protocol import Bye, ErrorCode, Follows, ObjectKind
+
+from tests.support.instance import Instance
+from tests.support.perceusd import (
     KERNEL,
     VNFS,
     Node,
@@ -20,11 +24,6 @@ from test_perceusd_support import (
     sha256,
     wait_until,
 )
-
-from perceus.server.daemon import serve
-from perceus.stage1.protocol import Bye, ErrorCode, Follows, ObjectKind
-
-from conftest import Instance
 
 
 def node_row(instance: Instance, nodeid: str) -> tuple | None:

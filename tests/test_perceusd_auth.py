@@ -5,7 +5,15 @@ import os
 from pathlib import Path
 
 import pytest
-from test_perceusd_support import (
+
+from perceus.server import sitekey
+from perceus.server.daemon import serve
+from perceus.server.errors import PerceusError
+from perceus.server.paths import Paths
+from perceus.stage1.protocol import AuthChallenge, AuthResponse, ErrorCode
+
+from tests.support.instance import Instance
+from tests.support.perceusd import (
     Node,
     add_script,
     boot,
@@ -17,14 +25,6 @@ from test_perceusd_support import (
     run,
     settings_of,
 )
-
-from perceus.server import sitekey
-from perceus.server.daemon import serve
-from perceus.server.errors import PerceusError
-from perceus.server.paths import Paths
-from perceus.stage1.protocol import AuthChallenge, AuthResponse, ErrorCode
-
-from conftest import Instance
 
 KEY = b"our site key, 32 bytes long!!!!!"
 

@@ -5,12 +5,11 @@ import struct
 import zlib
 from pathlib import Path
 
-from test_perceusd_support import Node, boot, import_vnfs, mac, options, run, settings_of
-
 from perceus.server.daemon import serve
 from perceus.stage1.protocol import MAGIC, ErrorCode, ImageRequest, ObjectKind, encode_frame
 
-from conftest import Instance
+from tests.support.instance import Instance
+from tests.support.perceusd import Node, boot, import_vnfs, mac, options, run, settings_of
 
 
 def frame_header(version: int = 1, type_: int = 1, flags: int = 0, length: int = 0) -> bytes:

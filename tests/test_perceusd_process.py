@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
-from test_perceusd_support import boot, import_vnfs, mac, perceusd_process, run
 
 from perceus.server import control
 
-from conftest import BIN, Instance
+from tests.support.instance import BIN, Instance
+from tests.support.perceusd import boot, import_vnfs, mac, perceusd_process, run
 
 
 def read_until(proc: subprocess.Popen, pattern: str, timeout: float = 30.0) -> re.Match:

@@ -11,14 +11,13 @@ import threading
 import time
 from pathlib import Path
 
-from test_perceusd_support import add_script, boot, import_vnfs, mac, options, run, settings_of
-
 from perceus.server import daemon, nodescripts
 from perceus.server.daemon import serve
 from perceus.server.perceusd.streamer import Streamer
 from perceus.stage1.protocol import Follows
 
-from conftest import Instance
+from tests.support.instance import Instance
+from tests.support.perceusd import add_script, boot, import_vnfs, mac, options, run, settings_of
 
 # --------------------------------------------------------------------------- the backlog
 

@@ -11,7 +11,6 @@ import hashlib
 import hmac
 
 import pytest
-from test_protocol import KEY, MAC, Pair, deliver, make_objects, provision
 
 from perceus.stage1 import protocol as P
 from perceus.stage1.protocol import (
@@ -26,6 +25,17 @@ from perceus.stage1.protocol import (
     RemoteProtocolError,
     State,
     Wait,
+)
+
+from tests.support.protocol_harness import (
+    DOC,
+    KEY,
+    MAC,
+    Pair,
+    deliver,
+    example_hello,
+    make_objects,
+    provision,
 )
 
 OTHER_KEY = b"another site key, also 32 bytes!"
@@ -196,8 +206,6 @@ def test_site_key_bounds():
 
 
 def test_docs_test_vector():
-    from test_protocol import DOC, example_hello
-
     digest = P.hello_digest(P.encode_payload(example_hello()))
     key, nonce = b"example site key (32 bytes) !!!!", b"\xa5" * 32
     text = DOC.read_text()

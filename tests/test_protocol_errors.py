@@ -8,7 +8,6 @@ import random
 import struct
 
 import pytest
-from test_protocol import KEY, MAC, Pair, deliver, drain, make_objects, sample_messages
 
 from perceus.stage1 import protocol as P
 from perceus.stage1.protocol import (
@@ -39,6 +38,8 @@ from perceus.stage1.protocol import (
     State,
     Wait,
 )
+
+from tests.support.protocol_harness import KEY, MAC, Pair, deliver, drain, make_objects, sample_messages
 
 T = MessageType
 

@@ -10,7 +10,6 @@ then the connection is closed. An INTERNAL error would mean an exception escaped
 import random
 
 import pytest
-from test_protocol import KEY, MAC, MODES, Pair, deliver, drain, make_objects, pieces
 
 from perceus.stage1 import protocol as P
 from perceus.stage1.protocol import (
@@ -27,6 +26,18 @@ from perceus.stage1.protocol import (
     Script,
     ScriptResult,
     State,
+)
+
+from tests.support.protocol_harness import (
+    KEY,
+    MAC,
+    MODES,
+    Pair,
+    deliver,
+    drain,
+    make_objects,
+    pieces,
+    sample_messages,
 )
 
 
@@ -155,8 +166,6 @@ def test_mutated_session_traffic(block):
 
 
 def valid_payloads() -> dict:
-    from test_protocol import sample_messages
-
     out: dict = {}
     for message in sample_messages():
         payload = P.encode_payload(message)

@@ -4,11 +4,10 @@ import json
 import subprocess
 import sys
 
-from test_stage1_cli import real_overlay
-from test_stage1_fakemaster import FakeMaster, closed_port
-
 from perceus.bench.sim import fold_names, main, run_simulation
 from perceus.stage1.retry import RetryPolicy
+
+from tests.support.fakemaster import FakeMaster, closed_port, real_overlay
 
 
 def sim(*args: str) -> subprocess.CompletedProcess:

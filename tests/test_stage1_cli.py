@@ -6,24 +6,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_stage1_fakemaster import FakeMaster, closed_port
 
 from perceus.stage1.main import main
 
+from tests.support.fakemaster import FakeMaster, closed_port, real_overlay
+
 KEY = b"example site key (32 bytes) !!!!"
 MAC = "02:00:00:00:00:07"
-
-
-def real_overlay() -> bytes:
-    """An overlay as perceusd sends it: one zstd frame of one newc archive (node.conf)."""
-    import zstandard
-
-    from perceus.common import newc
-
-    archive = bytearray()
-    newc.write_entry(archive, "etc/perceus/node.conf", mode=0o100644, data=b'NODENAME="n0000"\n')
-    newc.write_trailer(archive)
-    return zstandard.ZstdCompressor().compress(bytes(archive))
 
 
 def stage1(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:

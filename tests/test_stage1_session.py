@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-from test_stage1_fakemaster import FakeMaster, closed_port
 
 from perceus.stage1.cmdline import Master, parse_master
 from perceus.stage1.facts import simulated_facts
@@ -16,6 +15,8 @@ from perceus.stage1.retry import NoMaster, RetryPolicy, Target, check_in_until_d
 from perceus.stage1.scriptrun import ScriptEnv, run_script
 from perceus.stage1.session import CheckIn, SessionFailed, check_in
 from perceus.stage1.simulate import SimOptions, simulate_node
+
+from tests.support.fakemaster import FakeMaster, closed_port
 
 KEY = b"example site key (32 bytes) !!!!"
 QUICK = RetryPolicy(rounds=5, backoff=0.0, wait_max=0.01)

@@ -13,10 +13,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from ovmf import boot_uki
 
 from perceus.buildroot import uki
 from perceus.common.newc import write_entry, write_trailer
+
+from tests.support.ovmf import boot_uki
 
 KERNEL = Path(__file__).resolve().parents[1] / ".cache" / "debian-kernel" / "root" / "boot" / "vmlinuz"
 BUSYBOX = Path("/bin/busybox")
@@ -143,6 +144,7 @@ def test_section_addresses_follow_the_stub_whatever_the_sizes():
         assert got[following] % 0x1000 == 0
 
 
+@pytest.mark.qemu
 def test_uki_boots_under_ovmf(built, tmp_path: Path):
     out, _ = built
     with boot_uki(out, tmp_path / "serial.log") as vm:

@@ -7,9 +7,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_capsule import make_tree
 
-from conftest import Instance
+from tests.support.capsule_trees import make_tree
+from tests.support.instance import Instance
 
 NAME = "test-1.0-1.stateless.x86_64"
 

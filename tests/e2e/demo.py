@@ -15,10 +15,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: tests.support
 
-import cluster  # noqa: E402
-from lab import Lab  # noqa: E402
+from tests.support import cluster  # noqa: E402
+from tests.support.lab import Lab  # noqa: E402
 
 MAC = "52:54:00:de:00:01"
 # Console lines worth showing as the node boots (the rest is the kernel's chatter).

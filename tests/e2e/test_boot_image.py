@@ -14,7 +14,11 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from perceus import capsule
+
+pytestmark = pytest.mark.qemu
 
 ROOT = Path(__file__).resolve().parents[2]
 KERNEL = ROOT / ".cache" / "debian-kernel" / "root" / "boot" / "vmlinuz"

@@ -11,9 +11,10 @@ import re
 import shutil
 from pathlib import Path
 
-import cluster
 import pytest
-from lab import Lab
+
+from tests.support import cluster
+from tests.support.lab import Lab
 
 BOOT_TIMEOUT = 300.0  # a PXE boot to ready takes ~40 s under emulation; three at once ~90 s
 MACS = ("52:54:00:5e:00:01", "52:54:00:5e:00:02", "52:54:00:5e:00:03")
@@ -41,6 +42,7 @@ def _master(lab: Lab, tmp_path: Path, stage1: Path, capsule: Path) -> cluster.Ma
     return master
 
 
+@pytest.mark.slow
 def test_stage1_build_reports_each_part_within_budget(stage1):
     path, report = stage1
     for part in ("busybox", "python3.11", "stdlib", "extension modules", "kernel modules", "total"):
@@ -49,6 +51,8 @@ def test_stage1_build_reports_each_part_within_budget(stage1):
     assert path.stat().st_size <= 8 * 1024 * 1024
 
 
+@pytest.mark.qemu
+@pytest.mark.netns
 def test_pxe_node_is_added_provisioned_and_ready(tmp_path, stage1, capsule):
     with Lab(tmp_path / "lab") as lab:
         master = _master(lab, tmp_path, stage1[0], capsule)
@@ -66,6 +70,8 @@ def test_pxe_node_is_added_provisioned_and_ready(tmp_path, stage1, capsule):
         master.stop()
 
 
+@pytest.mark.qemu
+@pytest.mark.netns
 def test_uki_boots_under_ovmf_without_pxe_to_ready(tmp_path, stage1, capsule):
     esp = tmp_path / "esp"
     (esp / "EFI" / "BOOT").mkdir(parents=True)
@@ -86,6 +92,8 @@ def test_uki_boots_under_ovmf_without_pxe_to_ready(tmp_path, stage1, capsule):
         master.stop()
 
 
+@pytest.mark.qemu
+@pytest.mark.netns
 def test_three_nodes_boot_at_once_with_distinct_names(tmp_path, stage1, capsule):
     with Lab(tmp_path / "lab") as lab:
         master = _master(lab, tmp_path, stage1[0], capsule)
@@ -111,6 +119,8 @@ def _dhcp_only(lab: Lab, work: Path) -> None:
     lab.popen(["dnsmasq", "--keep-in-foreground", "-C", str(conf)])
 
 
+@pytest.mark.qemu
+@pytest.mark.netns
 def test_no_master_five_rounds_then_countdown_and_enter_gives_a_shell(tmp_path, stage1):
     with Lab(tmp_path / "lab") as lab:
         _dhcp_only(lab, tmp_path)
@@ -130,6 +140,8 @@ def test_no_master_five_rounds_then_countdown_and_enter_gives_a_shell(tmp_path, 
         assert node.wait_exit(timeout=60) == 0
 
 
+@pytest.mark.qemu
+@pytest.mark.netns
 def test_debug_3_opens_a_shell_at_once_and_noload_keeps_a_driver_out(tmp_path, stage1):
     with Lab(tmp_path / "lab") as lab:
         append = f"console=ttyS0,115200 masterip={lab.address} perceus.debug=3 perceus.noload=virtio_net"

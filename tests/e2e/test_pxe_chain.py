@@ -19,13 +19,15 @@ import time
 from pathlib import Path
 
 import pytest
-from lab import (
+
+from tests.support.lab import (
     Lab,
     busybox_initramfs,
-    lab_fixture,  # noqa: F401  (the lab fixture)
     read_text,
     wait_for_text,
 )
+
+pytestmark = [pytest.mark.qemu, pytest.mark.netns]  # QEMU machines on a bridge in a namespace
 
 ROOT = Path(__file__).resolve().parents[2]
 KERNEL = ROOT / ".cache" / "debian-kernel" / "root" / "boot" / "vmlinuz"

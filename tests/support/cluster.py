@@ -19,9 +19,10 @@ import time
 from pathlib import Path
 
 import zstandard
-from lab import Lab
 
 from perceus.stage1.simulate import unpack_archive
+
+from tests.support.lab import Lab
 
 ROOT = Path(__file__).resolve().parents[2]
 KERNEL_ROOT = ROOT / ".cache" / "debian-kernel" / "root"

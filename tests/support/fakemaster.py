@@ -41,15 +41,17 @@ def make_chunks(rng: random.Random, sizes: list[int]) -> list[bytes]:
     return [rng.randbytes(n) for n in sizes]
 
 
-def _default_overlay() -> bytes:
-    """A real overlay (one zstd frame of one newc archive), as perceusd sends: simulated nodes unpack it."""
+def real_overlay() -> bytes:
+    """An overlay as perceusd sends it: one zstd frame of one newc archive (node.conf).
+
+    Simulated nodes unpack it."""
     archive = bytearray()
     newc.write_entry(archive, "etc/perceus/node.conf", mode=0o100644, data=b'NODENAME="n0000"\n')
     newc.write_trailer(archive)
     return zstandard.ZstdCompressor().compress(bytes(archive))
 
 
-DEFAULT_OVERLAY = _default_overlay()
+DEFAULT_OVERLAY = real_overlay()
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """A throwaway lab for end-to-end node tests: QEMU machines on a bridge in a network namespace.
 
-    with Lab(tmp_path) as lab:  # or the ``lab`` fixture: see lab_fixture
+    with Lab(tmp_path) as lab:  # or the ``lab`` fixture of tests/e2e/conftest.py
         lab.popen(["dnsmasq", "--keep-in-foreground", "-C", str(conf)])
         node = lab.qemu("n0", mac="52:54:00:12:34:56", boot="pxe")
         node.wait_for(r"MARKER", timeout=300)
@@ -27,10 +27,8 @@ import socket
 import stat
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-
-import pytest
 
 from perceus.common import newc
 
@@ -427,19 +425,6 @@ class Lab:
         node = Node(self, name, mac, tap, console, command)
         self.nodes.append(node)
         return node.start() if start else node
-
-
-@pytest.fixture(name="lab")
-def lab_fixture(tmp_path: Path) -> Iterator[Lab]:
-    """A fresh lab (namespace, bridge br0, nothing running) whose files go under
-    ``tmp_path / "lab"``; everything in it is killed and removed after the test.
-
-    A test module gets it with ``from lab import lab_fixture  # noqa: F401``. (Not in a
-    tests/e2e/conftest.py: tests/*.py do ``from conftest import ...``, and with pytest's
-    default import mode a second conftest.py would take the module name ``conftest``.)
-    """
-    with Lab(tmp_path / "lab") as each:
-        yield each
 
 
 # -- a tiny busybox initramfs -----------------------------------------------------

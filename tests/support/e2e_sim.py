@@ -23,7 +23,7 @@ import zstandard
 
 from perceus.common import newc
 
-from conftest import BIN, Instance
+from tests.support.instance import BIN, Instance
 
 MiB = 1 << 20
 VNFS = "e2e"

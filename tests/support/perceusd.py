@@ -12,8 +12,6 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from test_capsule import make_tree
-
 from perceus.common import newc
 from perceus.server.config import Settings
 from perceus.server.daemon import Options
@@ -40,7 +38,8 @@ from perceus.stage1.protocol import (
     encode_message,
 )
 
-from conftest import Instance
+from tests.support.capsule_trees import make_tree
+from tests.support.instance import BIN, Instance
 
 VNFS = "test-1.0-1.stateless.x86_64"
 KERNEL = b"not really a kernel, but bytes to send\n" * 1000
@@ -259,8 +258,6 @@ async def wait_until(check, what: str, timeout: float = STEP):
 
 def perceusd_process(instance: Instance, tmp_path: Path, *args: str) -> subprocess.Popen:
     """perceusd --foreground as a child process with the instance's environment."""
-    from conftest import BIN
-
     env = dict(instance.env, PERCEUS_RUNDIR=str(tmp_path / "run"))
     return subprocess.Popen(
         [str(BIN / "perceusd"), "--foreground", *args],

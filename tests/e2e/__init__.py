@@ -1,0 +1,1 @@
+"""End-to-end tests: QEMU nodes booting in a throwaway network namespace."""
