@@ -83,7 +83,7 @@ bench: $(STAMP) $(KERNEL_STAMP) apt-bench
 # Style, then the room rules (.importlinter).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/lint-imports --config .importlinter
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) .cache build *.egg-info native/*.c native/*.so .pytest_cache .benchmarks .import_linter_cache
