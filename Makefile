@@ -70,9 +70,9 @@ $(STAMP): setup.py pyproject.toml $(NATIVE_SOURCES) | apt
 test: lint $(KERNEL_STAMP)
 	$(PY) -m pytest -q tests
 
-# The inner loop: no root, network namespaces or QEMU, and none of the long runs.
+# The inner loop: no network namespaces, no QEMU and none of the long runs, on two workers.
 test-fast: $(STAMP) $(KERNEL_STAMP)
-	$(PY) -m pytest -q -m "not netns and not qemu and not slow" tests
+	$(PY) -m pytest -q -n 2 -m "not netns and not qemu and not slow" tests
 
 demo: $(STAMP) $(KERNEL_STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) tests/e2e/demo.py

@@ -50,6 +50,7 @@ setup(
             "ClusterShell>=1.9",
             "ruff>=0.5",
             "import-linter>=2.5",
+            "pytest-xdist>=3",
         ],
     },
     entry_points={
