@@ -12,6 +12,8 @@ BIN = Path(sys.executable).parent
 
 @dataclass
 class Result:
+    """What one command did: its exit status and its output."""
+
     status: int
     out: str
     err: str
