@@ -49,7 +49,7 @@ setup(
             "pytest-benchmark>=4",
             "ClusterShell>=1.9",
             "ruff>=0.5",
-            "import-linter>=2.5",
+            "import-linter>=2.6",
             "pytest-xdist>=3",
         ],
     },

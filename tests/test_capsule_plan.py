@@ -8,9 +8,10 @@ import os
 from pathlib import Path
 
 import pytest
-from test_capsule import make_tree
 
 from perceus import capsule
+
+from tests.support.capsule_trees import make_tree
 
 
 @pytest.fixture

@@ -92,3 +92,15 @@ def test_a_wrong_import_breaks_its_contract(tree: Path, room: str, source: str, 
     assert f"{len(names) - len(broken)} kept, {len(broken)} broken" in report, result.stdout
     for contract in broken:
         assert f"{names[contract]} BROKEN" in report, (contract, result.stdout)
+
+
+def test_a_cycle_inside_a_room_breaks_the_no_cycles_contract(tree: Path) -> None:
+    """Two modules of a room that import each other, one of them only inside a function."""
+    stage1 = tree / "perceus" / "stage1"
+    (stage1 / "scratch_a.py").write_text("from perceus.stage1 import scratch_b\n")
+    (stage1 / "scratch_b.py").write_text("def later():\n    from perceus.stage1 import scratch_a\n")
+    result = lint(tree)
+    assert result.returncode != 0, result.stdout
+    report = " ".join(result.stdout.split())
+    assert f"{contracts()['no-cycles']} BROKEN" in report, result.stdout
+    assert f"{len(contracts()) - 1} kept, 1 broken" in report, result.stdout

@@ -10,7 +10,6 @@ header, before its payload is buffered.
 import random
 
 import pytest
-from test_protocol_fuzz import mutate_bytes
 
 from perceus.stage1.protocol import (
     FLAG_MORE,
@@ -43,6 +42,8 @@ from perceus.stage1.protocol import (
     encode_message,
 )
 from perceus.stage1.protocol.framing import FrameReader
+
+from tests.support.protocol_harness import mutate_bytes
 
 BOUND = HEADER_SIZE + TRAILER_SIZE + max(MAX_MESSAGE.values())  # one frame's head and tail + one message
 

@@ -36,6 +36,7 @@ from tests.support.protocol_harness import (
     deliver,
     drain,
     make_objects,
+    mutate_bytes,
     pieces,
     sample_messages,
 )
@@ -97,27 +98,6 @@ def feed(conn: P.Connection, data: bytes, rng: random.Random) -> None:
         with pytest.raises(RemoteProtocolError):
             conn.next_event()
         conn.send(exc.to_event())  # the answer is always encodable
-
-
-def mutate_bytes(data: bytes, rng: random.Random) -> bytes:
-    b = bytearray(data)
-    how = rng.randrange(6)
-    if how == 0 and b:
-        for _ in range(rng.randint(1, 3)):
-            b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
-    elif how == 1 and b:
-        b[rng.randrange(len(b))] = rng.randrange(256)
-    elif how == 2:
-        i = rng.randint(0, len(b))
-        b[i:i] = rng.randbytes(rng.randint(1, 20))
-    elif how == 3 and b:
-        i = rng.randrange(len(b))
-        del b[i : i + rng.randint(1, 20)]
-    elif how == 4:
-        del b[rng.randint(0, len(b)) :]
-    else:
-        b += bytes(b)
-    return bytes(b)
 
 
 def reseal(data: bytes, rng: random.Random) -> bytes:

@@ -267,6 +267,29 @@ def sample_messages() -> list:
     ]
 
 
+def mutate_bytes(data: bytes, rng: random.Random) -> bytes:
+    """``data`` damaged once at random: bits flipped, a byte replaced, bytes inserted, deleted or
+    cut off, or the whole doubled (the fuzz tests' mutations)."""
+    b = bytearray(data)
+    how = rng.randrange(6)
+    if how == 0 and b:
+        for _ in range(rng.randint(1, 3)):
+            b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
+    elif how == 1 and b:
+        b[rng.randrange(len(b))] = rng.randrange(256)
+    elif how == 2:
+        i = rng.randint(0, len(b))
+        b[i:i] = rng.randbytes(rng.randint(1, 20))
+    elif how == 3 and b:
+        i = rng.randrange(len(b))
+        del b[i : i + rng.randint(1, 20)]
+    elif how == 4:
+        del b[rng.randint(0, len(b)) :]
+    else:
+        b += bytes(b)
+    return bytes(b)
+
+
 # The worked example in docs/protocol.md.
 DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 
