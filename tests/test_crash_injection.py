@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from test_vnfs import rich_tree, snapshot
 
 from perceus.common import atomicfile
 from perceus.imagefmt import image
@@ -33,7 +32,8 @@ from perceus.server.netservices import pxelinux
 from perceus.server.perceusd.memo import Memo
 from perceus.server.perceusd.offer import open_offer
 
-from conftest import Instance
+from tests.support.capsule_trees import rich_tree, snapshot
+from tests.support.instance import Instance
 
 NAME = "test-1.0-1.stateless.x86_64"
 MODES = {"once": False, "crash": True}

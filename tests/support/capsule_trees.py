@@ -1,9 +1,11 @@
 """Trees to pack into capsules, and capsules damaged on purpose with a still-valid header.
 
-* :func:`make_tree` builds a tiny busybox root tree;
+* :func:`make_tree` builds a tiny busybox root tree, :func:`rich_tree` the same with every kind
+  of file, owner and mode a VNFS round trip must keep;
 * :func:`rewrite_manifest` and :func:`reseal` change a capsule and re-seal its header, so only
   the part under test can object;
-* :func:`listing` is what a tree holds, to compare an unpacked tree with its source.
+* :func:`listing` and :func:`snapshot` are what a tree holds, to compare an unpacked tree with
+  its source (:func:`snapshot` also keeps mtimes and hard links).
 """
 
 import hashlib
@@ -88,3 +90,48 @@ def listing(root: Path) -> dict[str, tuple]:
                 body,
             )
     return result
+
+
+def snapshot(root: Path) -> dict:
+    """Everything a round trip must keep: type, mode, owner, content/target/device, mtime, links."""
+    result, inodes = {}, {}
+    for directory, dirs, files in os.walk(root):
+        for name in sorted(dirs + files):
+            path = Path(directory, name)
+            st = path.lstat()
+            if stat.S_ISREG(st.st_mode):
+                body = path.read_bytes()
+                if st.st_nlink > 1:
+                    inodes.setdefault(st.st_ino, []).append(str(path.relative_to(root)))
+            elif stat.S_ISLNK(st.st_mode):
+                body = os.readlink(path)
+            elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                body = st.st_rdev
+            else:
+                body = None
+            result[str(path.relative_to(root))] = (st.st_mode, st.st_uid, st.st_gid, int(st.st_mtime), body)
+    result["<hardlinks>"] = sorted(sorted(group) for group in inodes.values())
+    return result
+
+
+def rich_tree(root: Path) -> Path:
+    """make_tree plus a foreign owner, sticky, setuid, a FIFO, a block device, a shadow file
+    and a distinct mtime on every path."""
+    make_tree(root)
+    (root / "usr/share/doc/pkg").mkdir(parents=True)
+    (root / "usr/share/doc/pkg/README").write_text("documentation\n")
+    (root / "srv").mkdir()
+    (root / "srv/owned").write_text("owned by 1234\n")
+    os.chown(root / "srv/owned", 1234, 4321)
+    os.chmod(root / "srv", 0o1777)
+    (root / "bin/suid").write_bytes(b"#!/bin/sh\n")
+    os.chmod(root / "bin/suid", 0o4755)
+    os.mkfifo(root / "srv/fifo")
+    os.mknod(root / "dev/sda", stat.S_IFBLK | 0o660, os.makedev(8, 0))
+    (root / "etc/fstab").write_text("proc /proc proc defaults 0 0\n")
+    (root / "etc/shadow").write_text("root:*:19000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\n")
+    os.chmod(root / "etc/shadow", 0o640)
+    for i, path in enumerate(sorted(root.rglob("*"), reverse=True)):
+        os.utime(path, (1_600_000_000 + i, 1_600_000_000 + i), follow_symlinks=False)
+    os.utime(root, (1_600_000_000, 1_600_000_000))
+    return root
