@@ -228,6 +228,7 @@ def test_import(site: Site, capsule_file: Path) -> None:
     assert covered["once"] >= 3
 
 
+@pytest.mark.slow
 def test_rebuild_with_a_new_hybridize_list(site: Site, capsule_file: Path) -> None:
     site.instance.ok("vnfs", "import", str(capsule_file))
     site.instance.ok("vnfs", "rebuild", NAME)  # /usr/share/doc is hybridized
@@ -238,6 +239,7 @@ def test_rebuild_with_a_new_hybridize_list(site: Site, capsule_file: Path) -> No
     assert covered["once"] > 10
 
 
+@pytest.mark.slow
 def test_rebuild_of_a_vnfs_in_the_old_layout(site: Site, capsule_file: Path) -> None:
     """A VNFS written by the previous release: a plain image file, a hybrid directory and a
     manifest naming neither. Readers take it as it is; its first rebuild moves it over."""
@@ -258,6 +260,7 @@ def test_rebuild_of_a_vnfs_in_the_old_layout(site: Site, capsule_file: Path) -> 
     assert covered["once"] > 10
 
 
+@pytest.mark.slow
 def test_umount(site: Site, capsule_file: Path) -> None:
     site.instance.ok("vnfs", "import", str(capsule_file))
     site.instance.ok("vnfs", "mount", NAME)

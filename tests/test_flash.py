@@ -44,6 +44,7 @@ def fake_flashrom(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, body: str) ->
     monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
 
 
+@pytest.mark.slow
 def test_write_pads_with_ff_verifies_and_reads_back(tmp_path: Path, scratch: Path):
     chip = tmp_path / "chip.bin"
     payload = os.urandom(UKI_SIZE)
@@ -65,6 +66,7 @@ def test_write_pads_with_ff_verifies_and_reads_back(tmp_path: Path, scratch: Pat
     assert list(scratch.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_smaller_payload_leaves_no_trace_of_the_old_one(tmp_path: Path):
     chip = tmp_path / "chip.bin"
     (tmp_path / "big").write_bytes(b"\x00" * (CHIP - 1))
@@ -75,6 +77,7 @@ def test_a_smaller_payload_leaves_no_trace_of_the_old_one(tmp_path: Path):
     assert result.payload_size == 3
 
 
+@pytest.mark.slow
 def test_payload_larger_than_the_chip_is_refused_before_writing(tmp_path: Path, scratch: Path):
     chip = tmp_path / "chip.bin"
     (tmp_path / "small").write_bytes(b"old")
@@ -105,6 +108,7 @@ def test_flashrom_errors_come_back_as_one_line(tmp_path: Path, scratch: Path):
     assert list(scratch.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_chip_that_reads_back_wrong_is_caught(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     # flashrom's own verify passes; the separate read-back returns one flipped byte.
     fake_flashrom(
@@ -171,6 +175,7 @@ def small_initramfs(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_cli_builds_the_uki_and_flashes_it(env: Path, capsys, scratch: Path):
     initrd = small_initramfs(env / "initrd.img")
     out, chip = env / "stage1.efi", env / "chip.bin"
@@ -211,6 +216,7 @@ def test_cli_defaults_to_what_stage1_build_made(env: Path, capsys):
     assert str(stage1 / "initramfs.img") in text
 
 
+@pytest.mark.slow
 def test_cli_flashes_a_given_image_only_with_a_programmer(env: Path, capsys, scratch: Path):
     image, chip = env / "payload.bin", env / "chip.bin"
     image.write_bytes(b"\x5a" * 1000)
