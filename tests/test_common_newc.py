@@ -17,18 +17,11 @@ import pytest
 from perceus.common import newc
 from perceus.common.unpack import Specials, Unpacker, extract
 
+from tests.support.newc_archives import archive
+
 REG = stat.S_IFREG | 0o644
 DIR = stat.S_IFDIR | 0o755
 LNK = stat.S_IFLNK | 0o777
-
-
-def archive(*entries: tuple[str | bytes, int, bytes], trailer: bool = True) -> bytes:
-    out = bytearray()
-    for ino, (name, mode, data) in enumerate(entries, 1):
-        newc.write_entry(out, name, mode=mode, data=data, ino=ino, mtime=1_000_000)
-    if trailer:
-        newc.write_trailer(out)
-    return bytes(out)
 
 
 @pytest.fixture

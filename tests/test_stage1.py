@@ -22,6 +22,8 @@ from perceus.stage1.netup import modules_to_load, parse_aliases, parse_deps
 from perceus.stage1.nodeconf import DEFAULT_INTERVAL, parse_node_conf
 from perceus.stage1.protocol import ChunkEntry, Hello, ImageOffer, ObjectKind, encode_message
 
+from tests.support.newc_archives import archive
+
 # --- kernel command line ---
 
 
@@ -456,17 +458,6 @@ def test_simulate_mode_loads_neither_pyroute2_nor_native():
 # -- the newc reader (the simulated node unpacks its overlay with it) ------------------------------------
 
 
-def _newc(*entries: tuple[str, int, bytes], trailer: bool = True) -> bytes:
-    from perceus.common import newc
-
-    out = bytearray()
-    for ino, (name, mode, data) in enumerate(entries, 1):
-        newc.write_entry(out, name, mode=mode, data=data, ino=ino, mtime=1_000_000)
-    if trailer:
-        newc.write_trailer(out)
-    return bytes(out)
-
-
 def test_newc_extract_round_trip_with_write_tree(tmp_path):
     from perceus.stage1.simulate import unpack_archive as extract
 
@@ -498,18 +489,18 @@ def test_newc_extract_replaces_makes_parents_and_never_writes_through_links(tmp_
     outside = tmp_path / "outside"
     outside.write_text("untouched\n")
     os.symlink(outside, dest / "etc" / "hostname")  # a previous boot's symlink: replaced, not followed
-    archive = _newc(
+    raw = archive(
         ("./etc/old", 0o100644, b"new\n"),
         ("etc/hostname", 0o100644, b"n0001\n"),
         ("var/lib/deep/file", 0o100640, b"x"),
     )
-    assert extract(io.BytesIO(archive), dest) == 3
+    assert extract(io.BytesIO(raw), dest) == 3
     assert (dest / "etc/old").read_text() == "new\n"
     assert not (dest / "etc/hostname").is_symlink() and (dest / "etc/hostname").read_text() == "n0001\n"
     assert outside.read_text() == "untouched\n"
     assert stat.S_IMODE((dest / "var/lib/deep/file").stat().st_mode) == 0o640
     # keep: what the predicate says stays as it is
-    assert extract(io.BytesIO(_newc(("etc/old", 0o100644, b"overlay\n"))), dest, keep=lambda st: True) == 0
+    assert extract(io.BytesIO(archive(("etc/old", 0o100644, b"overlay\n"))), dest, keep=lambda st: True) == 0
     assert (dest / "etc/old").read_text() == "new\n"
 
 
@@ -525,7 +516,7 @@ def test_newc_extract_refuses_paths_leaving_the_root(tmp_path, name):
     dest.mkdir()
     os.symlink(tmp_path, dest / "out")  # a symlink leaving the root
     with pytest.raises(NewcError):
-        extract(io.BytesIO(_newc((name, 0o100644, b"evil\n"))), dest)
+        extract(io.BytesIO(archive((name, 0o100644, b"evil\n"))), dest)
     assert not (tmp_path / "escape").exists() and not (tmp_path / "passwd").exists()
 
 
@@ -535,7 +526,7 @@ def test_newc_extract_follows_symlinks_that_stay_inside(tmp_path):
     dest = tmp_path / "root"
     (dest / "usr" / "lib").mkdir(parents=True)
     os.symlink("usr/lib", dest / "lib")
-    assert extract(io.BytesIO(_newc(("lib/mod.conf", 0o100644, b"m\n"))), dest) == 1
+    assert extract(io.BytesIO(archive(("lib/mod.conf", 0o100644, b"m\n"))), dest) == 1
     assert (dest / "usr/lib/mod.conf").read_text() == "m\n"
 
 
@@ -543,7 +534,7 @@ def test_newc_extract_truncated_or_corrupt_archives_are_errors(tmp_path):
     from perceus.common.newc import MAX_NAME_SIZE, NewcError
     from perceus.stage1.simulate import unpack_archive as extract
 
-    good = _newc(("etc/a", 0o100644, b"a" * 100), ("etc/b", 0o100644, b"b"))
+    good = archive(("etc/a", 0o100644, b"a" * 100), ("etc/b", 0o100644, b"b"))
     cases = {
         "no trailer": good[: good.index(b"TRAILER!!!") - 110],
         "in the data": good[:150],
@@ -558,7 +549,7 @@ def test_newc_extract_truncated_or_corrupt_archives_are_errors(tmp_path):
         dest.mkdir()
         with pytest.raises(NewcError):
             extract(io.BytesIO(data), dest)
-    huge = bytearray(_newc(("x", 0o100644, b"")))
+    huge = bytearray(archive(("x", 0o100644, b"")))
     huge[94:102] = b"%08X" % (MAX_NAME_SIZE + 1)  # namesize field
     with pytest.raises(NewcError, match="name size"):
         extract(io.BytesIO(bytes(huge)), tmp_path)
@@ -572,8 +563,8 @@ def test_unpack_overlay_needs_zstd_and_reports_corruption(tmp_path, monkeypatch)
     from perceus.stage1 import simulate
 
     overlay = tmp_path / "overlay"
-    archive = _newc(("etc/perceus/node.conf", 0o100644, b"N=1\n"))
-    overlay.write_bytes(zstandard.ZstdCompressor().compress(archive))
+    raw = archive(("etc/perceus/node.conf", 0o100644, b"N=1\n"))
+    overlay.write_bytes(zstandard.ZstdCompressor().compress(raw))
     root = tmp_path / "root"
     root.mkdir()
     assert simulate.unpack_overlay(overlay, root) == 1
