@@ -26,6 +26,12 @@ def dummy(image: Path) -> str:
     return f"dummy:emulate=W25Q128FV,image={image}"
 
 
+@pytest.fixture(autouse=True)
+def sbin_on_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Debian installs flashrom in /usr/sbin, which only root's PATH holds; it needs no root here."""
+    monkeypatch.setenv("PATH", f"{os.environ['PATH']}{os.pathsep}/usr/sbin")
+
+
 @pytest.fixture
 def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A private temporary directory, to prove nothing is left behind in it."""

@@ -59,8 +59,10 @@ def options(tmp_path: Path, **kw) -> Options:
 
 
 def import_vnfs(instance: Instance, tmp_path: Path, *, filler: int = 0, default: bool = True) -> Path:
-    """Pack a small busybox tree with a kernel and import it; new nodes get it when ``default``."""
-    tree = make_tree(tmp_path / "tree", filler=filler)
+    """Pack a small busybox tree with a kernel and import it; new nodes get it when ``default``.
+    The tree has no device node: perceusd serves the image's bytes whatever they hold, and
+    its tests need no root."""
+    tree = make_tree(tmp_path / "tree", filler=filler, device=False)
     (tree / "root").mkdir(mode=0o700)
     os.chmod(tree / "root", 0o700)
     kernel = tmp_path / "vmlinuz-6.1.0-test"
