@@ -1,5 +1,11 @@
 """Fixtures every test may ask for: throwaway perceus instances, node databases of each backend
-and in-process service instances (helpers live in tests/support)."""
+and in-process service instances (helpers live in tests/support).
+
+The ``root`` mark (pytest.ini) says a test needs real root. A fixture whose set-up needs it
+(a tree with device nodes or files of other owners, a tmpfs mount) asks for ``needs_root``,
+and every test using that fixture, directly or through others, is marked ``root`` here; so
+are the ``netns`` tests. A test that needs root itself carries ``@pytest.mark.root``.
+"""
 
 import os
 import shutil
@@ -15,6 +21,18 @@ from perceus.server.paths import Paths
 
 from tests.support.instance import Instance, environment
 from tests.support.service_warnings import Warnings
+
+
+@pytest.fixture(scope="session")
+def needs_root() -> None:
+    """Asked for by the fixtures that need root: it marks their tests ``root`` (see above)."""
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by mark
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "needs_root" in getattr(item, "fixturenames", ()) or item.get_closest_marker("netns"):
+            item.add_marker(pytest.mark.root)
 
 
 @pytest.fixture

@@ -21,7 +21,8 @@ KERNEL = ROOT / ".cache/debian-kernel/root/boot/vmlinuz"
 
 
 @pytest.fixture
-def tree(tmp_path: Path) -> Path:
+def tree(tmp_path: Path, needs_root: None) -> Path:
+    """The busybox tree, its /dev/console included: the round trips keep device nodes."""
     return make_tree(tmp_path / "tree", filler=8)
 
 

@@ -411,6 +411,7 @@ def test_hostile_root_tree(tmp_path: Path, case: str) -> None:
     assert list(work.iterdir()) == []  # no half-unpacked target, no work directory
 
 
+@pytest.mark.root  # the device node is made
 def test_devices_are_fine_when_allowed(tmp_path: Path) -> None:
     forge(tmp_path / "dev.vnfs", [archive(("dev", DIR, b""), ("dev/console", CHR, b""))])
     capsule.unpack(tmp_path / "dev.vnfs", tmp_path / "dest")

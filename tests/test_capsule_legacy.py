@@ -96,6 +96,7 @@ def test_convert_an_original_capsule(tmp_path: Path) -> None:
     assert sorted(p.name for p in out.iterdir()) == [path.name]  # the work directory is gone
 
 
+@pytest.mark.root  # the tree and the unpacked capsule hold a device node
 def test_convert_without_a_top_directory_and_with_devices(tmp_path: Path) -> None:
     top = legacy_dir(tmp_path / "src", device=True)
     legacy = tar_dir(top, tmp_path / "old.vnfs", prefix=False, mode="w:gz")

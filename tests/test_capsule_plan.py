@@ -15,7 +15,8 @@ from tests.support.capsule_trees import make_tree
 
 
 @pytest.fixture
-def tree(tmp_path: Path) -> Path:
+def tree(tmp_path: Path, needs_root: None) -> Path:
+    """The busybox tree, /dev/console included: plan and pack must give the same capsule of it."""
     return make_tree(tmp_path / "tree")
 
 

@@ -106,7 +106,9 @@ class Site:
 
 
 @pytest.fixture
-def on_tmpfs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Instance], Site]]:
+def on_tmpfs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, needs_root: None
+) -> Iterator[Callable[[Instance], Site]]:
     """Moves an instance onto a private tmpfs: each k restores it and removes trees, and the
     disk here takes milliseconds per unlink."""
     mount = tmp_path / "tmpfs"
@@ -207,7 +209,7 @@ def rerun_if_failed(site: Site, argv: list[str]) -> Callable[[int, object, objec
 
 
 @pytest.fixture
-def capsule_file(perceus: Instance, tmp_path: Path) -> Path:
+def capsule_file(perceus: Instance, tmp_path: Path, needs_root: None) -> Path:
     tree = rich_tree(tmp_path / "tree")
     perceus.ok("capsule", "pack", str(tree), str(tmp_path / f"{NAME}.vnfs"), "--no-kernel")
     return tmp_path / f"{NAME}.vnfs"

@@ -79,7 +79,8 @@ def test_parse_bounds_the_file() -> None:
 
 
 def make_tree(root: Path) -> Path:
-    """A small VNFS tree with merged-/usr symlinks, dotfiles, hard links and odd symlinks."""
+    """A small VNFS tree with merged-/usr symlinks, dotfiles, hard links and odd symlinks; a file
+    owned by 1234:2345, whose owner staging must keep, makes the tests of this tree ``root``."""
     for directory in (
         "etc",
         "var/lib",
@@ -111,6 +112,7 @@ def make_tree(root: Path) -> Path:
     return root
 
 
+@pytest.mark.root
 def test_matches_resolves_inside_the_tree_only(tmp_path: Path) -> None:
     root = make_tree(tmp_path / "rootfs")
     found = matches(root, ["/lib/*/locale", "/usr/share/*", "/usr/share/doc/pkg", "/usr/nothing", "/usr/*"])
@@ -124,6 +126,7 @@ def test_matches_resolves_inside_the_tree_only(tmp_path: Path) -> None:
     assert matches(root, ["/usr/.*"]) == ["usr/.dotdir"]
 
 
+@pytest.mark.root
 def test_symlinks_never_leave_the_root(tmp_path: Path) -> None:
     root = make_tree(tmp_path / "rootfs")
     (root / "escape").symlink_to("/usr")  # absolute: means the VNFS's /usr
@@ -136,6 +139,7 @@ def test_symlinks_never_leave_the_root(tmp_path: Path) -> None:
     assert matches(root, ["/escape/share/doc", "/up/usr/include"]) == ["usr/include", "usr/share/doc"]
 
 
+@pytest.mark.root
 def test_plan_symlinks_and_fstab(tmp_path: Path) -> None:
     root = make_tree(tmp_path / "rootfs")
     symlink_over, replace_files = plan(
@@ -153,6 +157,7 @@ def test_plan_symlinks_and_fstab(tmp_path: Path) -> None:
     }
 
 
+@pytest.mark.root
 def test_plan_with_a_separate_mount_point_and_no_fstab(tmp_path: Path) -> None:
     root = make_tree(tmp_path / "rootfs")
     (root / "etc/fstab").unlink()
@@ -165,11 +170,13 @@ def test_plan_with_a_separate_mount_point_and_no_fstab(tmp_path: Path) -> None:
     }
 
 
+@pytest.mark.root
 def test_plan_without_matches_changes_nothing(tmp_path: Path) -> None:
     root = make_tree(tmp_path / "rootfs")
     assert plan(root, ["/opt/*"], STATEDIR, vnfs_name=VNFS, master="10.0.0.1") == ({}, {})
 
 
+@pytest.mark.root
 def test_plan_keeps_an_existing_mount_of_the_statedir(tmp_path: Path) -> None:
     """The guide lets sites mount the state directory another way by editing the VNFS fstab."""
     root = make_tree(tmp_path / "rootfs")
@@ -189,6 +196,7 @@ def test_fstab_line_is_never_duplicated() -> None:
     assert fstab_with_mount(commented, "10.0.0.1", STATEDIR, STATEDIR) == f"{commented}{line}\n"
 
 
+@pytest.mark.root
 def test_plan_refuses_paths_reaching_the_mount_through_symlinks(tmp_path: Path) -> None:
     root = make_tree(tmp_path / "rootfs")
     (root / "state").symlink_to("var")  # /state/lib resolves to var/lib, which holds the mount point
@@ -199,6 +207,7 @@ def test_plan_refuses_paths_reaching_the_mount_through_symlinks(tmp_path: Path) 
         plan(root, ["/conf/*"], STATEDIR, vnfs_name=VNFS, master="10.0.0.1")
 
 
+@pytest.mark.root
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -214,6 +223,7 @@ def test_plan_refuses_bad_parameters(tmp_path: Path, kwargs: dict, message: str)
         plan(root, ["/usr/include"], STATEDIR, **kwargs)
 
 
+@pytest.mark.root
 def test_ensure_mount_point(tmp_path: Path) -> None:
     root = make_tree(tmp_path / "rootfs")
     ensure_mount_point(root, STATEDIR)
@@ -248,6 +258,7 @@ def walk(top: Path) -> dict[str, tuple]:
     return out
 
 
+@pytest.mark.root
 def test_stage_hard_links_and_replaces_atomically(tmp_path: Path) -> None:
     root = make_tree(tmp_path / "rootfs")
     hybrid = tmp_path / "state/vnfs" / VNFS / "hybrid"
@@ -281,6 +292,7 @@ def test_stage_hard_links_and_replaces_atomically(tmp_path: Path) -> None:
     assert list(hybrid.iterdir()) == []
 
 
+@pytest.mark.root
 def test_stage_copies_across_filesystems(tmp_path: Path) -> None:
     """With the tree on another filesystem (/dev/shm is tmpfs) files are copied, metadata kept."""
     work = Path("/dev/shm")
@@ -305,6 +317,7 @@ def test_stage_copies_across_filesystems(tmp_path: Path) -> None:
         shutil.rmtree(tree, ignore_errors=True)
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("rel", ["/usr/share", "../etc", "usr/../etc", "", "lib/x86_64-linux-gnu/locale"])
 def test_stage_refuses_paths_outside_or_through_symlinks(tmp_path: Path, rel: str) -> None:
     root = make_tree(tmp_path / "rootfs")
@@ -317,6 +330,7 @@ def test_stage_refuses_paths_outside_or_through_symlinks(tmp_path: Path, rel: st
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hybrid", "rootfs"]
 
 
+@pytest.mark.root
 def test_stage_without_rename_exchange(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Where renameat2 RENAME_EXCHANGE is missing, two renames replace the directory."""
     root = make_tree(tmp_path / "rootfs")

@@ -5,7 +5,8 @@ larger than a chunk, nested directories, relative/absolute/dangling symlinks, ha
 groups, a fifo, character and block devices, setuid/setgid/sticky/0600 modes, owner
 1234, set mtimes) must come back exactly. The native cpio writer is cross-checked
 byte for byte against the pure-Python reference writer on seeded random trees, and GNU
-cpio must read every chunk. Needs root (device nodes, chown), as the whole suite does.
+cpio must read every chunk. Those trees need root (device nodes, chown): their tests are
+marked ``root``.
 """
 
 import hashlib
@@ -131,7 +132,8 @@ def archives_of(data: bytes, chunks) -> list[bytes]:
 
 
 @pytest.fixture
-def tree(tmp_path: Path) -> Path:
+def tree(tmp_path: Path, needs_root: None) -> Path:
+    """make_tree's tree of every kind of entry (device nodes and other owners need root)."""
     return make_tree(tmp_path / "root")
 
 
@@ -520,6 +522,7 @@ def random_tree(root: Path, rng: random.Random) -> None:
         os.utime(parent / name, (0, rng.randrange(1 << 32)), follow_symlinks=False)
 
 
+@pytest.mark.root  # random_tree makes device nodes and gives files other owners
 @pytest.mark.parametrize("seed", range(6))
 def test_native_writer_matches_reference_writer(tmp_path: Path, seed: int):
     rng = random.Random(seed)

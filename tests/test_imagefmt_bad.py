@@ -264,6 +264,7 @@ def test_hard_links_only_within_a_chunk(box):
 # --------------------------------------------------------------------------- devices
 
 
+@pytest.mark.root  # the allowed device node is made
 @pytest.mark.parametrize("kind", [stat.S_IFCHR, stat.S_IFBLK])
 def test_device_nodes_refused_unless_allowed(box, kind):
     dest, _ = box

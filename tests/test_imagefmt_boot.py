@@ -18,7 +18,7 @@ import pytest
 
 from perceus.imagefmt import image
 
-pytestmark = pytest.mark.qemu
+pytestmark = [pytest.mark.qemu, pytest.mark.root]  # root: the tree's /dev/console and /dev/null
 
 KERNEL = Path(__file__).resolve().parents[1] / ".cache" / "debian-kernel" / "root" / "boot" / "vmlinuz"
 BUSYBOX = Path("/bin/busybox")

@@ -80,6 +80,7 @@ def test_import_clone_list_and_delete(master: Instance, imported: Path) -> None:
     assert not any(p.name.startswith(".") for p in master.paths.vnfs_dir.iterdir())
 
 
+@pytest.mark.root  # mounting restores the root-owned hybridize symlink
 def test_mount_edit_umount_and_close(master: Instance, imported: Path, tmp_path: Path) -> None:
     tree = vnfs.mount(master, NAME)
     assert tree == tmp_path / "mnt" / NAME and vnfs.get(master, NAME).mounted_at == tree
@@ -101,6 +102,7 @@ def test_mount_edit_umount_and_close(master: Instance, imported: Path, tmp_path:
     assert (vnfs.mount(master, NAME) / "etc" / "motd").read_text() == "changed\n"
 
 
+@pytest.mark.root  # mounting restores the root-owned hybridize symlink
 def test_configure(master: Instance, imported: Path) -> None:
     image = (master.paths.vnfs_dir / NAME / "image").read_bytes()
     done = vnfs.configure(master, NAME, vnfs.VnfsSettings(console="ttyS1", master="10.0.0.1"))

@@ -21,7 +21,7 @@ def site(perceus: Instance, tmp_path: Path) -> Instance:
 
 
 @pytest.fixture
-def imported(site: Instance, tmp_path: Path) -> Path:
+def imported(site: Instance, tmp_path: Path, needs_root: None) -> Path:
     tree = rich_tree(tmp_path / "tree")
     site.ok("capsule", "pack", str(tree), str(tmp_path / f"{NAME}.vnfs"), "--no-kernel")
     site.ok("vnfs", "import", str(tmp_path / f"{NAME}.vnfs"))

@@ -258,6 +258,7 @@ def root_fields(root: Path) -> list[str]:
     return next(line for line in lines if line.startswith("root:")).split(":")
 
 
+@pytest.mark.root  # the shadow file's owner (root, group 42) must be kept
 def test_set_root_password_writes_a_sha512_hash(tmp_path: Path) -> None:
     root = vnfs_root(tmp_path)
     os.chown(root / "etc/shadow", 0, 42)

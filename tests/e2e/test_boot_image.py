@@ -18,7 +18,7 @@ import pytest
 
 from perceus import capsule
 
-pytestmark = pytest.mark.qemu
+pytestmark = [pytest.mark.qemu, pytest.mark.root]  # root: the tree's /dev/console
 
 ROOT = Path(__file__).resolve().parents[2]
 KERNEL = ROOT / ".cache" / "debian-kernel" / "root" / "boot" / "vmlinuz"
