@@ -5,13 +5,8 @@ import click
 from click.shell_completion import get_completion_class
 
 from perceus.server.cli.errors import PerceusCommand
-from perceus.server.cli.options import complete_groups, complete_nodes
 
-__all__ = [
-    "complete_groups",
-    "complete_nodes",
-    "completion",
-]  # the helpers: cli/vnfs.py imports them from here
+__all__ = ["completion"]
 
 
 @click.command(cls=PerceusCommand)

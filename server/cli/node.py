@@ -1,7 +1,6 @@
 """``perceus node``: add, delete, list, replace, set, show, status, summary, import."""
 
 import sys
-from collections.abc import Sequence
 
 import click
 
@@ -9,17 +8,10 @@ from perceus.server.cli import listing, options
 from perceus.server.cli.app import App, node_rows, pass_app
 from perceus.server.cli.errors import PerceusGroup
 from perceus.server.cli.options import JSON, NODES, SOME_NODES, complete_nodes, query, warner
-from perceus.server.db import Node
 from perceus.server.errors import InvalidRequest, PerceusError
 from perceus.server.services import nodes as node_service
 
-__all__ = ["JSON", "node", "selected"]  # JSON and selected: cli/vnfs.py imports them from here
-
-
-def selected(app: App, patterns: Sequence[str], where: str = "") -> list[Node]:
-    """``options.selected`` under its old name and signature, for cli/vnfs.py until it imports
-    that instead (``where`` is not needed: a command names itself in errors)."""
-    return options.selected(app, patterns)
+__all__ = ["node"]
 
 
 @click.group(cls=PerceusGroup)
